@@ -1,0 +1,1 @@
+"""vitquant: quantization of Vision Transformers."""

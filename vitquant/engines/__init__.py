@@ -1,0 +1,1 @@
+"""Calibration stages shared by the methods (range init, reparameterization, reconstruction, ...)."""

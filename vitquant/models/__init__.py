@@ -1,0 +1,1 @@
+"""Building timm models, loading checkpoints, and turning models into quant twins."""

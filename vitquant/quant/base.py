@@ -1,0 +1,128 @@
+"""Base class of every fake quantizer.
+
+A quantizer maps a float tensor ``x`` to its de-quantized value ``x̂`` (fake quantization) so that
+the float model simulates integer arithmetic. Its parameters (scales, zero points, shifts, flags)
+live in ``state_dict`` — as buffers, or as parameters when a method learns them — so a quantized
+checkpoint reloads exactly. Structure that is not a tensor (granularity, bits) travels as
+``extra_state``; data-dependent shapes (one scale per channel) are re-created on load.
+
+Granularity: ``tensor`` (one set of parameters), ``channel`` (one per index along ``channel_dim``:
+output rows for weights, hidden features for activations) or ``head`` (one per attention head,
+dim 1 of a (B, heads, N, D) tensor).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitquant.quant.stats import DEFAULT_MAX_ELEMENTS, subsample_rows, to_rows
+
+GRANULARITIES = ("tensor", "channel", "head")
+
+
+class Quantizer(nn.Module):
+    """Fake quantizer: ``init_from`` calibration data, then ``forward`` returns ``x̂``.
+
+    While ``calibrating`` is set, the first tensor an uninitialised quantizer sees initialises it
+    (RepQ-ViT/I&S-ViT calibrate this way: one forward over the calibration batch, each layer
+    seeing the already quantized output of the layers before it). Outside calibration an
+    uninitialised quantizer raises instead of silently fitting itself to evaluation data.
+    """
+
+    def __init__(self, bits: int, granularity: str = "tensor", channel_dim: int = -1,
+                 max_elements: int = DEFAULT_MAX_ELEMENTS, seed: int = 0) -> None:
+        super().__init__()
+        if granularity not in GRANULARITIES:
+            raise ValueError(f"granularity={granularity!r} is not one of {GRANULARITIES}")
+        if not 1 <= int(bits) <= 16:
+            raise ValueError(f"bits={bits} is out of range 1..16")
+        self.bits = int(bits)
+        self.granularity = granularity
+        self.channel_dim = channel_dim
+        self.max_elements = max_elements
+        self.seed = seed
+        self.calibrating = False
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    # ----------------------------------------------------------------- layout helpers
+    @property
+    def axis(self) -> int | None:
+        """Dimension that carries separate parameters (None for per-tensor)."""
+        return {"tensor": None, "channel": self.channel_dim, "head": 1}[self.granularity]
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Calibration view of ``x``: (rows, channels), bounded in size by a seeded row subsample."""
+        return subsample_rows(to_rows(x.detach().float(), self.axis), self.max_elements, self.seed)
+
+    def expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Broadcast a per-channel parameter of shape (C,) (or (1,)) against ``x``."""
+        if self.axis is None or p.numel() == 1:
+            return p.reshape(())
+        shape = [1] * x.dim()
+        shape[self.axis] = -1
+        return p.reshape(shape)
+
+    # ----------------------------------------------------------------- calibration
+    @torch.no_grad()
+    def init_from(self, x: torch.Tensor) -> None:
+        """Set every parameter from calibration data ``x`` (weights: the weight tensor itself)."""
+        self.initialize(x.detach())
+        self.initialized.fill_(True)
+
+    def initialize(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """Fake-quantize ``x`` with the current parameters (differentiable through STE)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.initialized):
+            if not self.calibrating:
+                raise RuntimeError(f"{type(self).__name__} used before calibration; run a method's "
+                                   "range-initialisation stage (or load a quantized checkpoint) first")
+            self.init_from(x)
+        return self.quantize(x)
+
+    # ----------------------------------------------------------------- state
+    def set_param(self, name: str, value: torch.Tensor) -> None:
+        """Replace buffer or parameter ``name`` by ``value`` (its shape may change at calibration)."""
+        value = value.detach().to(self.initialized.device)
+        if isinstance(getattr(self, name, None), nn.Parameter):
+            setattr(self, name, nn.Parameter(value.clone(), requires_grad=getattr(self, name).requires_grad))
+        else:
+            self.register_buffer(name, value.clone())
+
+    def make_learnable(self, *names: str) -> list[nn.Parameter]:
+        """Turn buffers ``names`` into trainable parameters (LSQ/QDrop learn activation scales)."""
+        out = []
+        for name in names:
+            value = getattr(self, name)
+            if not isinstance(value, nn.Parameter):
+                delattr(self, name)
+                setattr(self, name, nn.Parameter(value.clone()))
+            out.append(getattr(self, name))
+        return out
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"bits": self.bits, "granularity": self.granularity, "channel_dim": self.channel_dim}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.bits = int(state["bits"])
+        self.granularity = str(state["granularity"])
+        self.channel_dim = int(state["channel_dim"])
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        # Calibration decides shapes (one scale per channel): adopt the checkpoint's shapes first.
+        for name, tensor in list(self._buffers.items()) + list(self._parameters.items()):
+            key = prefix + name
+            if tensor is not None and key in state_dict and state_dict[key].shape != tensor.shape:
+                self.set_param(name, torch.empty_like(state_dict[key], device=tensor.device))
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, granularity={self.granularity}"
