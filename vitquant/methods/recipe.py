@@ -13,6 +13,7 @@ from typing import Callable, Mapping, Sequence
 from torch import nn
 
 from vitquant.engines.context import CalibContext
+from vitquant.errors import UserError
 from vitquant.nn.site import ACTIVATION_KINDS, QuantSite, iter_sites, set_quant_state
 from vitquant.quant.base import Quantizer
 
@@ -62,18 +63,27 @@ class Recipe:
         return self.quantizers.get("weight" if kind == "weight" else "activation")
 
     def attach(self, model: nn.Module, kinds: Sequence[str], bits: BitWidths, seed: int = 0) -> None:
-        """Give every site whose kind the policy enables its quantizer; others stay float."""
-        enabled = set(kinds)
+        """Give every site whose kind the policy enables its quantizer; others stay float.
+
+        A recipe without quantizers (``fp``) is the float model whatever the policy says.
+        """
+        enabled = set(kinds) if self.quantizers else set()
         for name, site in iter_sites(model):
             factory = self.factory_for(site.kind) if site.kind in enabled else None
             if site.kind in enabled and factory is None:
                 raise ValueError(f"method {self.name} has no quantizer for site kind {site.kind!r} ({name}), "
                                  "which the policy quantizes; add it to the method's quantizers")
             n_bits = self.kind_bits.get(site.kind, bits.for_site(site))
-            site.quantizer = factory(bits=n_bits, channel_dim=site.channel_dim, seed=seed) if factory else None
+            site.quantizer = self.build(factory, site.kind, n_bits, site.channel_dim, seed) if factory else None
         for kind in sorted(set(self.quantizers) - enabled - {"activation"}):
             log.warning("method %s: its %s quantizer has no site under this policy (kind not quantized)",
                         self.name, kind)
+
+    def build(self, factory: QuantizerFactory, kind: str, bits: int, channel_dim: int, seed: int) -> Quantizer:
+        try:
+            return factory(bits=bits, channel_dim=channel_dim, seed=seed)
+        except TypeError as e:  # an option the (swapped-in) quantizer does not take
+            raise UserError(f"method {self.name}: quantizer for site kind {kind!r}: {e}") from None
 
     def calibrate(self, model: nn.Module, ctx: CalibContext) -> None:
         """Run the stages in order, then leave every quantizer on."""

@@ -37,7 +37,7 @@ class LogQuantizer(Quantizer):
 
     def fake_quant(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         k, levels = self.levels_per_octave, 2 ** self.bits
-        code = round_ste(-k * torch.log2(x.clamp_min(0) / scale))
+        code = round_ste(-k * torch.log2(x.clamp_min(torch.finfo(x.dtype).tiny) / scale))
         x_hat = scale * torch.pow(2.0, -torch.clamp(code, 0, levels - 1) / k)
         return torch.where(code.detach() >= levels, torch.zeros_like(x_hat), x_hat)
 

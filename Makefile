@@ -1,0 +1,39 @@
+# vitquant: `make demo` and `make test` work on a fresh machine (they set themselves up first).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# One torch thread: on 2 shared cores, two threads under load ran 25x slower.
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+
+.PHONY: setup demo test test-all bench reference lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: setup  ## train (first time) and quantize the embedded demo model, print a table
+	$(BIN)/python -m vitquant.demo
+
+test: setup  ## fast suite (minutes)
+	$(BIN)/python -m pytest -q
+
+test-all: setup  ## everything, slow end-to-end runs included
+	$(BIN)/python -m pytest -q -m "slow or not slow"
+
+bench: setup  ## quality/speed benchmark on the CIFAR reference models -> bench/results/
+	$(BIN)/python -m bench.quality $(BENCH_ARGS)
+
+reference: setup  ## train missing CIFAR reference models into the cache (recipe of shared/models)
+	$(BIN)/python -m bench.reference
+
+lint: setup
+	$(BIN)/python -m ruff check vitquant tests bench calibrate.py evaluate.py
+
+clean:
+	rm -rf outputs multirun wandb .pytest_cache .ruff_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

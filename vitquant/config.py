@@ -1,0 +1,72 @@
+"""Checks on a composed run config that Hydra's own schema cannot express.
+
+Each failure is one line naming the bad value and what is valid, raised before any work starts.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from vitquant.errors import UserError
+from vitquant.methods.recipe import BitWidths
+from vitquant.nn.site import SITE_KINDS
+
+BIT_KEYS = ("w_bits", "a_bits", "end_bits", "end_a_bits")
+
+
+def bit_widths(cfg: DictConfig) -> BitWidths:
+    """The run's bits, each checked against ``bits_range`` (PTQ: 2..8)."""
+    lo, hi = cfg.bits_range
+    for key in BIT_KEYS:
+        value = cfg[key]
+        if not isinstance(value, int) or not lo <= value <= hi:
+            raise UserError(f"{key}={value} is out of range: use an integer in {lo}..{hi} (e.g. bits=4)")
+    return BitWidths(w=cfg.w_bits, a=cfg.a_bits, end_w=cfg.end_bits, end_a=cfg.end_a_bits)
+
+
+def check_policy(cfg: DictConfig) -> None:
+    unknown = [k for k in cfg.policy.kinds if k not in SITE_KINDS]
+    if unknown:
+        raise UserError(f"policy {cfg.policy.name}: unknown site kinds {unknown}; valid: {', '.join(SITE_KINDS)}")
+
+
+def check_path(value: str | None, key: str, what: str) -> None:
+    if value is not None and not Path(value).exists():
+        raise UserError(f"{key}={value}: {what} not found (paths are relative to the launch directory)")
+
+
+def check_data(cfg: DictConfig) -> None:
+    data = cfg.data
+    if data.format == "folder":
+        check_path(data.root, "data.root", "data folder")
+        for split in {data.val_split, *([data.train_split] if "method" in cfg else [])}:
+            if not (Path(data.root) / split).is_dir():
+                raise UserError(f"data.root={data.root} has no '{split}' folder (expected {data.root}/{split}/<class>/*); "
+                                f"set data.root to the dataset root")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is CUDA when available, else CPU; an unavailable CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={name} but CUDA is not available here; use device=cpu or device=auto")
+    return device
+
+
+def validate_calibrate(cfg: DictConfig) -> None:
+    """Everything about a calibration config that can be checked before loading anything."""
+    bit_widths(cfg)
+    check_policy(cfg)
+    check_data(cfg)
+    check_path(cfg.model.checkpoint, "model.checkpoint", "checkpoint file")
+    resolve_device(cfg.device)
+
+
+def validate_evaluate(cfg: DictConfig) -> None:
+    check_path(cfg.checkpoint, "checkpoint", "quantized checkpoint")
+    check_data(cfg)
+    resolve_device(cfg.device)

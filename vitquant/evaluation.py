@@ -1,0 +1,55 @@
+"""Re-evaluate a quantized checkpoint: the function behind ``evaluate.py``.
+
+The model, method, policy and bits come from the checkpoint (so the exact quantized model is
+rebuilt); data, task options, device and logger come from the command line.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from vitquant.config import bit_widths, resolve_device, validate_evaluate
+from vitquant.io.atomic import write_json
+from vitquant.io.logger import RunLogger
+from vitquant.io.quantized_checkpoint import load_quantized_state, read_quantized
+from vitquant.models.quantize import quantized_twin
+from vitquant.ptq import build_recipe, build_task
+from vitquant.runtime import timer
+
+log = logging.getLogger("vitquant")
+
+
+def rebuild_quantized(run_cfg: DictConfig, state: dict, path: str, task) -> Any:
+    """The quantized model described by a checkpoint's config, with its state loaded."""
+    fp_model = task.build_model(load_weights=False)
+    qmodel = quantized_twin(fp_model, build_recipe(run_cfg.method), list(run_cfg.policy.kinds),
+                            bit_widths(run_cfg), run_cfg.seed)
+    load_quantized_state(qmodel, state, path)
+    return qmodel
+
+
+def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
+    validate_evaluate(cfg)
+    device = resolve_device(cfg.device)
+    run_cfg, state, calib_ids = read_quantized(cfg.checkpoint)
+    out_dir = Path(cfg.out_dir)
+    logger = RunLogger(cfg.logger, OmegaConf.to_container(cfg, resolve=True), str(out_dir),
+                       f"eval-{run_cfg.model.name}-{run_cfg.method.name}-w{run_cfg.w_bits}a{run_cfg.a_bits}")
+    try:
+        task = build_task(cfg.task, run_cfg.model, cfg.data)
+        qmodel = rebuild_quantized(run_cfg, state, cfg.checkpoint, task).to(device)
+        with timer() as t:
+            metrics = task.evaluate(qmodel, device)
+        out = {"task": cfg.task.name, "model": run_cfg.model.name, "method": run_cfg.method.name,
+               "policy": run_cfg.policy.name, "w_bits": run_cfg.w_bits, "a_bits": run_cfg.a_bits,
+               "top1": metrics["top1"], "top5": metrics["top5"], "n_eval_images": metrics["n_images"],
+               "eval_seconds": t["seconds"], "checkpoint": str(cfg.checkpoint), "n_calib": len(calib_ids)}
+        write_json(out_dir / "metrics.json", out)
+        logger.summary(out)
+        log.info("%s: top-1 %.2f top-5 %.2f", cfg.checkpoint, out["top1"], out["top5"])
+        return out
+    finally:
+        logger.finish()

@@ -1,0 +1,1 @@
+"""Run outputs: atomic files, the quantized checkpoint, metric logging (local and W&B)."""

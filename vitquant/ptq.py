@@ -1,0 +1,86 @@
+"""Post-training quantization of one model: the function behind ``calibrate.py``.
+
+build task → float model → quant twin with the method's quantizers on the policy's sites →
+method stages on calibration images → coverage check → evaluate FP and quantized → write
+``quantized.pt``, ``config.yaml`` and, last, ``metrics.json`` (all atomically).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from vitquant.config import bit_widths, resolve_device, validate_calibrate
+from vitquant.engines.context import CalibContext
+from vitquant.errors import CoverageError
+from vitquant.io.atomic import write_json, write_text
+from vitquant.io.logger import RunLogger
+from vitquant.io.quantized_checkpoint import save_quantized
+from vitquant.methods.recipe import Recipe
+from vitquant.models.quantize import quantized_twin
+from vitquant.nn.site import uncalibrated_sites
+from vitquant.runtime import peak_memory_mb, seed_everything, timer
+
+log = logging.getLogger("vitquant")
+
+
+def build_task(task_cfg: DictConfig, model_cfg: DictConfig, data_cfg: DictConfig):
+    """Instantiate the task config (its ``name`` is bookkeeping, not a constructor argument)."""
+    options = {k: v for k, v in task_cfg.items() if k != "name"}
+    return instantiate(options, model_cfg=model_cfg, data_cfg=data_cfg, _convert_="all")
+
+
+def build_recipe(method_cfg: DictConfig) -> Recipe:
+    return instantiate(method_cfg, _convert_="all")
+
+
+def run_calibration(cfg: DictConfig) -> dict[str, Any]:
+    """Calibrate, evaluate and save one quantized model; returns the metrics."""
+    validate_calibrate(cfg)
+    bits = bit_widths(cfg)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    out_dir = Path(cfg.out_dir)
+    run_config = OmegaConf.to_container(cfg, resolve=True)
+    run_name = f"{cfg.model.name}-{cfg.method.name}-w{bits.w}a{bits.a}-s{cfg.seed}"
+    logger = RunLogger(cfg.logger, run_config, str(out_dir), run_name)
+    try:
+        task = build_task(cfg.task, cfg.model, cfg.data)
+        recipe = build_recipe(cfg.method)
+        fp_model = task.build_model().to(device)
+        qmodel = quantized_twin(fp_model, recipe, list(cfg.policy.kinds), bits, cfg.seed)
+        images, calib_ids = task.calibration_images(recipe.n_calib, cfg.seed)
+        logger.summary({"calib_ids": calib_ids})
+        with timer() as calib:
+            recipe.calibrate(qmodel, CalibContext(fp_model, images, device, cfg.seed, logger.log))
+        missing = uncalibrated_sites(qmodel)
+        if missing:
+            raise CoverageError(f"{len(missing)} enabled quantization sites saw no data during calibration "
+                                f"(first: {missing[0]}); the model's forward bypasses them")
+        with timer() as fp_eval:
+            fp_metrics = task.evaluate(fp_model, device)
+        with timer() as q_eval:
+            q_metrics = task.evaluate(qmodel, device)
+        metrics = {
+            "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "policy": cfg.policy.name,
+            "w_bits": bits.w, "a_bits": bits.a, "end_bits": bits.end_w, "end_a_bits": bits.end_a,
+            "top1": q_metrics["top1"], "top5": q_metrics["top5"],
+            "fp_top1": fp_metrics["top1"], "fp_top5": fp_metrics["top5"], "n_eval_images": q_metrics["n_images"],
+            "n_calib": recipe.n_calib, "calib_seconds": calib["seconds"], "eval_seconds": q_eval["seconds"],
+            "fp_eval_seconds": fp_eval["seconds"], "peak_memory_mb": peak_memory_mb(device),
+            "seed": cfg.seed, "device": str(device),
+        }
+        save_quantized(out_dir / "quantized.pt", qmodel, OmegaConf.create(run_config), calib_ids)
+        write_text(out_dir / "config.yaml", OmegaConf.to_yaml(run_config))
+        write_json(out_dir / "calib_ids.json", calib_ids)
+        write_json(out_dir / "metrics.json", metrics)
+        logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+        logger.summary(metrics)
+        log.info("%s %s W%dA%d: top-1 %.2f (FP %.2f), calibration %.1fs -> %s", cfg.model.name, cfg.method.name,
+                 bits.w, bits.a, metrics["top1"], metrics["fp_top1"], metrics["calib_seconds"], out_dir)
+        return metrics
+    finally:
+        logger.finish()

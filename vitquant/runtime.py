@@ -1,0 +1,37 @@
+"""Process-level helpers shared by the entry points: seeding, timing, peak memory."""
+from __future__ import annotations
+
+import random
+import resource
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak device memory of this process: CUDA allocator peak, else the CPU resident-set peak."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    """``with timer() as t: ...`` then ``t['seconds']`` (CUDA synchronised)."""
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out["seconds"] = time.perf_counter() - start
