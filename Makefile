@@ -29,7 +29,7 @@ bench: setup  ## quality/speed benchmark on the CIFAR reference models -> bench/
 	$(BIN)/python -m bench.quality $(BENCH_ARGS)
 
 reference: setup  ## train missing CIFAR reference models into the cache (recipe of shared/models)
-	$(BIN)/python -m bench.reference
+	$(BIN)/python -m bench.references
 
 lint: setup
 	$(BIN)/python -m ruff check vitquant tests bench calibrate.py evaluate.py

@@ -1,0 +1,52 @@
+"""Where the CIFAR-10 reference FP checkpoints are: ``$VITQUANT_SHARED/models`` or the cache.
+
+``make reference`` fills the cache for any model missing from shared/, by running the recipe
+script that ships beside the shared checkpoints (``train_reference.py``, see its README).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("VITQUANT_SHARED", REPO.parent / "shared")).resolve()
+CACHE = Path(os.environ.get("VITQUANT_CACHE", Path.home() / ".cache" / "vitquant")) / "reference"
+
+# model config name -> (checkpoint file, recipe arguments from shared/models/README.md)
+REFERENCES = {
+    "vit_cifar": ("vit_cifar10.safetensors", ["--arch", "vit", "--epochs", "4", "--bs", "256", "--lr", "2e-3"]),
+    "swin_cifar": ("swin_cifar10.safetensors", ["--arch", "swin", "--epochs", "4", "--bs", "256", "--lr", "1.5e-3"]),
+}
+
+
+def cifar_root() -> Path:
+    return SHARED / "data" / "cifar10"
+
+
+def reference_checkpoint(model: str) -> Path | None:
+    """The shared checkpoint, else the cached one, else None."""
+    name = REFERENCES[model][0]
+    for folder in (SHARED / "models", CACHE):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def main() -> None:
+    script = SHARED / "models" / "train_reference.py"
+    for model, (name, args) in REFERENCES.items():
+        if reference_checkpoint(model) is not None:
+            print(f"{model}: {reference_checkpoint(model)}")
+            continue
+        if not script.is_file() or not cifar_root().is_dir():
+            sys.exit(f"error: cannot train {model}: need {script} and {cifar_root()} (set VITQUANT_SHARED)")
+        CACHE.mkdir(parents=True, exist_ok=True)
+        print(f"{model}: training with the shared recipe (about 35 minutes) -> {CACHE / name}", flush=True)
+        subprocess.run([sys.executable, str(script), "--data", str(cifar_root()), "--out", str(CACHE / name),
+                        "--threads", "1", *args], check=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Markdown table of benchmark rows, seeds aggregated as mean ± std."""
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from vitquant.io.atomic import write_text
+
+GROUP = ("model", "policy", "method", "w_bits", "a_bits", "budget")
+
+
+def mean_std(values: list[float], digits: int = 2) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def write_table(rows: list[dict], path: Path) -> str:
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        groups[tuple(r.get(k) for k in GROUP)].append(r)
+    lines = ["| model | policy | method | W/A | budget | seeds | FP top-1 | top-1 | drop | calib s | peak MB | "
+             "eval time ratio (quant/FP) |", "|" + "---|" * 12]
+    for key in sorted(groups, key=lambda k: (k[0], k[1], -k[3], k[2])):
+        g = groups[key]
+        model, policy, method, w, a, budget = key
+        col = lambda name: [r[name] for r in g]  # noqa: E731
+        drops = [r["fp_top1"] - r["top1"] for r in g]
+        ratio = [r["eval_seconds"] / r["fp_eval_seconds"] for r in g]
+        lines.append(f"| {model} | {policy} | {method} | W{w}A{a} | {budget} | {len(g)} | {mean_std(col('fp_top1'))} "
+                     f"| {mean_std(col('top1'))} | {mean_std(drops)} | {mean_std(col('calib_seconds'), 1)} "
+                     f"| {mean_std(col('peak_memory_mb'), 0)} | {mean_std(ratio)} |")
+    text = "\n".join(lines) + "\n"
+    write_text(path, text)
+    return text
