@@ -1,0 +1,73 @@
+"""Image classification: a timm model on an image data set, top-1/top-5 on the validation split.
+
+Calibration images are drawn from the *train* split but pass through the *evaluation* transform,
+as in the PTQ-ViT codes (spec ``protocol.md`` §0); see :mod:`vitquant.data.calibration`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+
+from vitquant.data.calibration import calibration_ids, load_images
+from vitquant.data.datasets import build_dataset
+from vitquant.data.transforms import eval_transform
+from vitquant.models.build import build_model
+
+
+class ClassificationTask:
+    """Model + data of one classification benchmark.
+
+    ``max_eval_images`` keeps N evenly spaced validation images for quick runs: folder data sets
+    are ordered by class, so a strided subset covers every class where the first N would not.
+    """
+
+    def __init__(self, model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], batch_size: int = 100,
+                 num_workers: int = 0, max_eval_images: int | None = None):
+        self.model_cfg, self.data_cfg = model_cfg, data_cfg
+        self.batch_size, self.num_workers, self.max_eval_images = batch_size, num_workers, max_eval_images
+        self.transform = eval_transform(model_cfg["input"])
+        self._datasets: dict[str, Dataset] = {}
+
+    def build_model(self, load_weights: bool = True) -> nn.Module:
+        """The float model in eval mode (``load_weights=False``: architecture only)."""
+        return build_model(self.model_cfg, load_weights=load_weights)
+
+    def dataset(self, split: str) -> Dataset:
+        """A split with the evaluation transform (built once: folder scans are not free)."""
+        if split not in self._datasets:
+            self._datasets[split] = build_dataset(self.data_cfg, split, self.transform)
+        return self._datasets[split]
+
+    def calibration_images(self, n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
+        """``n`` seeded training images (evaluation transform), (n, C, H, W) on CPU, and their ids."""
+        train = self.dataset(self.data_cfg["train_split"])
+        ids = calibration_ids(len(train), n, seed)
+        return load_images(train, ids), ids
+
+    def eval_dataset(self) -> Dataset:
+        val = self.dataset(self.data_cfg["val_split"])
+        if self.max_eval_images is None:
+            return val
+        n = min(int(self.max_eval_images), len(val))
+        return Subset(val, torch.linspace(0, len(val) - 1, n).round().long().tolist())
+
+    @torch.no_grad()  # not inference_mode: quantizer buffers must stay usable by autograd later
+    def evaluate(self, model: nn.Module, device: torch.device | str = "cpu") -> dict[str, float | int]:
+        """Top-1/top-5 accuracy (percent) of ``model`` on the validation split (or its subset)."""
+        device = torch.device(device)
+        loader = DataLoader(self.eval_dataset(), batch_size=self.batch_size, shuffle=False,
+                            num_workers=self.num_workers, pin_memory=device.type == "cuda")
+        model.eval()
+        top1 = top5 = n = 0
+        for images, labels in tqdm(loader, desc="evaluate", disable=None, leave=False):
+            logits = model(images.to(device, non_blocking=True))
+            hits = logits.topk(min(5, logits.shape[-1]), dim=-1).indices.cpu() == labels[:, None]
+            top1 += int(hits[:, 0].sum())
+            top5 += int(hits.any(dim=-1).sum())
+            n += len(labels)
+        return {"top1": 100.0 * top1 / max(n, 1), "top5": 100.0 * top5 / max(n, 1), "n_images": n}
