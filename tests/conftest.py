@@ -41,3 +41,49 @@ def shared_dir() -> Path:
     if not (SHARED / "data").is_dir():
         pytest.skip(f"shared data not found at {SHARED} (set VITQUANT_SHARED)")
     return SHARED
+
+
+def make_image_folder(root: Path, counts: dict[str, int], n_classes: int = 3, size: int = 32) -> Path:
+    """root/<split>/c<k>/<i>.png with ``counts[split]`` random RGB images per class."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, per_class in counts.items():
+        for k in range(n_classes):
+            (root / split / f"c{k}").mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / f"c{k}" / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """A tiny ImageFolder data set: train/ (6 per class) and val/ (4 per class), 3 classes, 32 px."""
+    return make_image_folder(tmp_path / "data", {"train": 6, "val": 4})
+
+
+# Overrides that make any calibrate config run in seconds: a 2-block ViT at 32 px on the tiny folder.
+TINY_RUN = ["model=vit_cifar", "model.kwargs.depth=2", "model.kwargs.embed_dim=48", "model.kwargs.patch_size=8",
+            "model.kwargs.num_classes=3", "data=cifar10", "data.val_split=val", "task.num_workers=0",
+            "method.n_calib=8", "logger=none"]
+
+
+@pytest.fixture
+def tiny_run(image_folder, tmp_path):
+    """``compose(*overrides)`` → a calibrate config on the tiny model and data, writing under tmp_path."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from vitquant.cli import CONF_DIR
+
+    def make(*overrides: str, name: str = "calibrate", out: str = "run"):
+        base = TINY_RUN + [f"data.root={image_folder}"] if name == "calibrate" else []
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose(name, overrides=base + list(overrides))
+        with open_dict(cfg):
+            cfg.out_dir = str(tmp_path / out)
+        return cfg
+
+    return make

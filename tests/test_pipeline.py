@@ -1,0 +1,89 @@
+"""calibrate → quantized.pt → evaluate, in process, on a tiny model and data set."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vitquant.errors import UserError
+from vitquant.evaluation import rebuild_quantized, run_evaluation
+from vitquant.io.quantized_checkpoint import read_quantized
+from vitquant.ptq import build_task, run_calibration
+
+OUTPUTS = {"config.yaml", "metrics.json", "quantized.pt", "calib_ids.json"}
+METRIC_KEYS = {"task", "model", "method", "w_bits", "a_bits", "top1", "top5", "fp_top1", "n_calib",
+               "calib_seconds", "eval_seconds", "seed"}
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile"])
+def test_calibrate_save_evaluate_round_trip(tiny_run, image_folder, method):
+    cfg = tiny_run(f"method={method}", "bits=4")
+    metrics = run_calibration(cfg)
+    out = Path(cfg.out_dir)
+    assert OUTPUTS <= {p.name for p in out.iterdir()}
+    assert METRIC_KEYS <= set(json.loads((out / "metrics.json").read_text()))
+    assert metrics["n_calib"] == 8 and len(json.loads((out / "calib_ids.json").read_text())) == 8
+    torch.load(out / "quantized.pt", weights_only=True)
+
+    eval_cfg = tiny_run(f"checkpoint={out / 'quantized.pt'}", "data=cifar10", f"data.root={image_folder}",
+                        "data.val_split=val", "task.num_workers=0", name="evaluate", out="eval")
+    again = run_evaluation(eval_cfg)
+    assert again["top1"] == metrics["top1"] and again["top5"] == metrics["top5"]
+
+
+def test_reloaded_model_gives_identical_logits(tiny_run):
+    cfg = tiny_run("method=percentile", "bits=4", "policy=full")
+    run_calibration(cfg)
+    run_cfg, state, _ = read_quantized(Path(cfg.out_dir) / "quantized.pt")
+    task = build_task(cfg.task, run_cfg.model, cfg.data)
+    first = rebuild_quantized(run_cfg, state, "q.pt", task)
+    second = rebuild_quantized(run_cfg, state, "q.pt", task)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(first(x), second(x))
+        fp = task.build_model(load_weights=False)
+        fp.load_state_dict({k: v for k, v in state.items() if k in fp.state_dict()})
+        assert not torch.equal(first(x), fp(x))
+
+
+def test_fp_method_reproduces_the_float_model(tiny_run):
+    metrics = run_calibration(tiny_run("method=fp"))
+    assert metrics["top1"] == metrics["fp_top1"]
+
+
+def test_calibration_ids_are_a_prefix_across_n_calib(tiny_run):
+    small = run_calibration(tiny_run("method.n_calib=4", out="a"))
+    large = run_calibration(tiny_run("method.n_calib=12", out="b"))
+    assert small["n_calib"] == 4 and large["n_calib"] == 12
+    ids = lambda cfg_out: json.loads((Path(cfg_out) / "calib_ids.json").read_text())  # noqa: E731
+    assert ids(Path(tiny_run(out="b").out_dir))[:4] == ids(Path(tiny_run(out="a").out_dir))
+
+
+def test_corrupt_quantized_checkpoint_is_one_line(tiny_run, image_folder, tmp_path):
+    bad = tmp_path / "q.pt"
+    bad.write_bytes(b"not a checkpoint")
+    cfg = tiny_run(f"checkpoint={bad}", "data=cifar10", f"data.root={image_folder}", "data.val_split=val",
+                   name="evaluate", out="eval")
+    with pytest.raises(UserError, match="corrupt"):
+        run_evaluation(cfg)
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def test_checkpoint_of_another_architecture_names_the_first_key(tiny_run, tmp_path):
+    other = tmp_path / "other.safetensors"
+    from timm.models.vision_transformer import VisionTransformer
+    save_file(VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=2, num_heads=2, num_classes=3)
+              .state_dict(), str(other))
+    cfg = tiny_run(f"model.checkpoint={other}")
+    with pytest.raises(UserError, match="shape"):
+        run_calibration(cfg)
+    assert not (Path(cfg.out_dir) / "metrics.json").exists()
+
+
+def test_wandb_offline_logger_never_needs_network(tiny_run, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    metrics = run_calibration(tiny_run("logger=wandb"))
+    assert "top1" in metrics
