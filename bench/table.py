@@ -25,12 +25,14 @@ def write_table(rows: list[dict], path: Path) -> str:
     for key in sorted(groups, key=lambda k: (k[0], k[1], -k[3], k[2])):
         g = groups[key]
         model, policy, method, w, a, budget = key
-        col = lambda name: [r[name] for r in g]  # noqa: E731
-        drops = [r["fp_top1"] - r["top1"] for r in g]
-        ratio = [r["eval_seconds"] / r["fp_eval_seconds"] for r in g]
-        lines.append(f"| {model} | {policy} | {method} | W{w}A{a} | {budget} | {len(g)} | {mean_std(col('fp_top1'))} "
-                     f"| {mean_std(col('top1'))} | {mean_std(drops)} | {mean_std(col('calib_seconds'), 1)} "
-                     f"| {mean_std(col('peak_memory_mb'), 0)} | {mean_std(ratio)} |")
+        def stat(name: str, digits: int = 2) -> str:
+            return mean_std([r[name] for r in g], digits)  # noqa: B023 - used within this iteration
+
+        drops = mean_std([r["fp_top1"] - r["top1"] for r in g])
+        ratio = mean_std([r["eval_seconds"] / r["fp_eval_seconds"] for r in g])
+        lines.append(f"| {model} | {policy} | {method} | W{w}A{a} | {budget} | {len(g)} | {stat('fp_top1')} "
+                     f"| {stat('top1')} | {drops} | {stat('calib_seconds', 1)} | {stat('peak_memory_mb', 0)} "
+                     f"| {ratio} |")
     text = "\n".join(lines) + "\n"
     write_text(path, text)
     return text

@@ -43,8 +43,8 @@ def check_data(cfg: DictConfig) -> None:
         check_path(data.root, "data.root", "data folder")
         for split in {data.val_split, *([data.train_split] if "method" in cfg else [])}:
             if not (Path(data.root) / split).is_dir():
-                raise UserError(f"data.root={data.root} has no '{split}' folder (expected {data.root}/{split}/<class>/*); "
-                                f"set data.root to the dataset root")
+                raise UserError(f"data.root={data.root} has no '{split}' folder "
+                                f"(expected {data.root}/{split}/<class>/*); set data.root to the dataset root")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,8 +1,8 @@
 """What every calibration stage receives besides the model."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 log = logging.getLogger("vitquant")
 

@@ -7,8 +7,8 @@ quantizer factories and stage callables from ``vitquant.engines`` — plus at mo
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
 
 from torch import nn
 

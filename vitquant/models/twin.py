@@ -7,10 +7,10 @@ fused attention we do not implement are refused, so no site can silently go unse
 """
 from __future__ import annotations
 
-from torch import nn
 from timm.layers import Attention, Mlp
 from timm.layers import LayerNorm as TimmLayerNorm
 from timm.models.swin_transformer import PatchMerging, WindowAttention
+from torch import nn
 
 from vitquant.nn import QuantAttention, QuantConv2d, QuantLayerNorm, QuantLinear, QuantWindowAttention
 

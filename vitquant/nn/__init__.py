@@ -2,8 +2,16 @@
 from vitquant.nn.attention import QuantAttention
 from vitquant.nn.linear import QuantConv2d, QuantLinear
 from vitquant.nn.norm import QuantLayerNorm
-from vitquant.nn.site import (ACTIVATION_KINDS, SITE_KINDS, QuantSite, iter_sites, quantized_sites,
-                              set_calibrating, set_quant_state, uncalibrated_sites)
+from vitquant.nn.site import (
+                              ACTIVATION_KINDS,
+                              SITE_KINDS,
+                              QuantSite,
+                              iter_sites,
+                              quantized_sites,
+                              set_calibrating,
+                              set_quant_state,
+                              uncalibrated_sites,
+)
 from vitquant.nn.window_attention import QuantWindowAttention
 
 __all__ = ["QuantAttention", "QuantWindowAttention", "QuantLinear", "QuantConv2d", "QuantLayerNorm",

@@ -23,7 +23,7 @@ class QuantLinear(nn.Linear):
         self.weight_site = QuantSite("weight", channel_dim=0, is_end=is_end)
 
     @classmethod
-    def from_float(cls, linear: nn.Linear, input_kind: str, is_end: bool = False) -> "QuantLinear":
+    def from_float(cls, linear: nn.Linear, input_kind: str, is_end: bool = False) -> QuantLinear:
         twin = cls(linear.in_features, linear.out_features, linear.bias is not None, input_kind, is_end)
         twin.weight, twin.bias = linear.weight, linear.bias
         return twin
@@ -36,7 +36,7 @@ class QuantConv2d(nn.Conv2d):
     """Patch-embedding convolution: quantized weight, float input (the image is already 8-bit)."""
 
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, is_end: bool = True) -> "QuantConv2d":
+    def from_float(cls, conv: nn.Conv2d, is_end: bool = True) -> QuantConv2d:
         twin = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
         twin.weight, twin.bias = conv.weight, conv.bias

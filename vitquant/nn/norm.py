@@ -14,7 +14,7 @@ class QuantLayerNorm(nn.LayerNorm):
     """LayerNorm(Q_a(x)), keeping ``weight``/``bias`` names so reparameterization edits them in place."""
 
     @classmethod
-    def from_float(cls, norm: nn.LayerNorm) -> "QuantLayerNorm":
+    def from_float(cls, norm: nn.LayerNorm) -> QuantLayerNorm:
         twin = cls(norm.normalized_shape, eps=norm.eps, elementwise_affine=norm.elementwise_affine,
                    bias=norm.bias is not None)
         twin.weight, twin.bias = norm.weight, norm.bias

@@ -9,7 +9,7 @@ Site names are module paths with the ``_site`` suffix dropped, e.g. ``blocks.3.a
 """
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import nn

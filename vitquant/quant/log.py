@@ -12,7 +12,7 @@ means the maximum and ``fixed_scale`` pins Δ (FQ-ViT's Log-Int-Softmax uses Δ 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -21,7 +21,7 @@ reconstruction) receives gradients; the scale can be made learnable with ``make_
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
