@@ -5,15 +5,25 @@ Each failure is one line naming the bad value and what is valid, raised before a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from vitquant.errors import UserError
 from vitquant.methods.recipe import BitWidths
 from vitquant.nn.site import SITE_KINDS
 
 BIT_KEYS = ("w_bits", "a_bits", "end_bits", "end_a_bits")
+
+
+def at_most_bits(bits: int, limit: int, low_bits_value: Any, high_bits_value: Any) -> Any:
+    """``${vq.at_most_bits:${w_bits},4,1000,200}``: 1000 at W≤4, else 200 (I&S-ViT's iterations)."""
+    return low_bits_value if int(bits) <= int(limit) else high_bits_value
+
+
+if not OmegaConf.has_resolver("vq.at_most_bits"):
+    OmegaConf.register_new_resolver("vq.at_most_bits", at_most_bits)
 
 
 def bit_widths(cfg: DictConfig) -> BitWidths:

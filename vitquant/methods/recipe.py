@@ -42,11 +42,13 @@ class Recipe:
 
     ``quantizers`` maps a site kind to a factory ``f(bits=, channel_dim=, seed=) -> Quantizer``;
     the key ``activation`` is the fallback for activation kinds the method does not name.
-    ``kind_bits`` pins the bits of a kind (FQ-ViT's 4-bit attention probabilities).
+    ``kind_bits`` pins the bits of a kind (FQ-ViT's 4-bit attention probabilities). Any other
+    keyword (``iters``, ``batch_size``, ``lr``) is a method-wide option that the stage configs
+    interpolate (``iters: ${method.iters}``), so ``method.iters=200`` changes every stage at once.
     """
 
     def __init__(self, name: str, quantizers: Mapping[str, QuantizerFactory], stages: Sequence[Stage],
-                 n_calib: int, kind_bits: Mapping[str, int] | None = None) -> None:
+                 n_calib: int, kind_bits: Mapping[str, int] | None = None, **options: object) -> None:
         unknown = set(quantizers) - set(ACTIVATION_KINDS) - {"weight", "activation"}
         if unknown:
             raise ValueError(f"method {name}: unknown site kinds {sorted(unknown)}; "
@@ -56,6 +58,7 @@ class Recipe:
         self.stages = list(stages)
         self.n_calib = int(n_calib)
         self.kind_bits = dict(kind_bits or {})
+        self.options = options
 
     def factory_for(self, kind: str) -> QuantizerFactory | None:
         if kind in self.quantizers:
