@@ -65,9 +65,12 @@ def image_folder(tmp_path) -> Path:
 
 
 # Overrides that make any calibrate config run in seconds: a 2-block ViT at 32 px on the tiny folder.
+COMMON = ["data=cifar10", "data.val_split=val", "task.num_workers=0", "method.n_calib=8", "logger=none"]
 TINY_RUN = ["model=vit_cifar", "model.kwargs.depth=2", "model.kwargs.embed_dim=48", "model.kwargs.patch_size=8",
-            "model.kwargs.num_classes=3", "data=cifar10", "data.val_split=val", "task.num_workers=0",
-            "method.n_calib=8", "logger=none"]
+            "model.kwargs.num_classes=3", *COMMON]
+# A 2-stage Swin (shifted windows, one patch merging) at 32 px.
+TINY_SWIN_RUN = ["model=swin_cifar", "model.kwargs.depths=[2,2]", "model.kwargs.num_heads=[2,4]",
+                 "model.kwargs.embed_dim=24", "model.kwargs.num_classes=3", *COMMON]
 
 
 @pytest.fixture
@@ -78,8 +81,9 @@ def tiny_run(image_folder, tmp_path):
 
     from vitquant.cli import CONF_DIR
 
-    def make(*overrides: str, name: str = "calibrate", out: str = "run"):
-        base = TINY_RUN + [f"data.root={image_folder}"] if name == "calibrate" else []
+    def make(*overrides: str, name: str = "calibrate", out: str = "run", swin: bool = False):
+        model = TINY_SWIN_RUN if swin else TINY_RUN
+        base = model + [f"data.root={image_folder}"] if name == "calibrate" else []
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose(name, overrides=base + list(overrides))
         with open_dict(cfg):

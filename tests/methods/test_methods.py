@@ -19,10 +19,12 @@ FAST = {  # keep each method to seconds: tiny budgets for the iterative stages
 }
 
 
-@pytest.mark.parametrize("policy", ["default", "full"])
-@pytest.mark.parametrize("method", METHODS)
-def test_method_runs_and_reloads_to_identical_logits(tiny_run, method, policy):
-    cfg = tiny_run(f"method={method}", f"policy={policy}", "bits=4", *FAST.get(method, []))
+CASES = [(m, p, "vit") for m in METHODS for p in ("default", "full")] + [(m, "default", "swin") for m in METHODS]
+
+
+@pytest.mark.parametrize("method,policy,arch", CASES)
+def test_method_runs_and_reloads_to_identical_logits(tiny_run, method, policy, arch):
+    cfg = tiny_run(f"method={method}", f"policy={policy}", "bits=4", *FAST.get(method, []), swin=arch == "swin")
     metrics = run_calibration(cfg)
     assert metrics["method"] == method and metrics["policy"] == policy
     assert 0.0 <= metrics["top1"] <= 100.0

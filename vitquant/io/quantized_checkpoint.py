@@ -47,8 +47,16 @@ def read_quantized(path: str | Path) -> tuple[DictConfig, dict[str, Any], list[i
     return OmegaConf.create(blob["config"]), blob["state_dict"], blob["calib_ids"].tolist()
 
 
+def add_folded_biases(model: nn.Module, state: dict[str, Any]) -> None:
+    """Give linears the bias that LayerNorm reparameterization created (Swin's reduction has none)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear) and module.bias is None and f"{name}.bias" in state:
+            module.bias = nn.Parameter(torch.zeros(module.out_features, device=module.weight.device))
+
+
 def load_quantized_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
     """Strictly load ``state`` into a rebuilt twin, naming the first mismatch."""
+    add_folded_biases(model, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

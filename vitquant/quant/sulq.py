@@ -1,0 +1,106 @@
+"""I&S-ViT's shift-uniform-log2 quantizer (SULQ) for post-Softmax attention probabilities.
+
+Spec: ``specs/isvit.md`` §1.2; official code ``zysxmu/IaS-ViT`` ``quant/quantizer.py``, class
+``LogSqrt2Quantizer`` (misleadingly named: it is SULQ). The input is shifted by η, moved to the
+log2 domain and quantized *uniformly* there between m and M::
+
+    t  = log2(x + η)
+    Δ  = (M − m) / S
+    q  = clamp(round((t − m) / Δ), 0, S)
+    x̂ = 2^round(q·Δ + m) − η            (round_exponent=True, the official code)
+    x̂ = 2^(q·Δ + m) − η                 (round_exponent=False, uniform log-domain levels)
+
+Two details of the official code are reproduced on purpose:
+
+* **Grid.** The forward pass uses S = 2^b, i.e. 2^b + 1 codes (0..2^b), while the η search of
+  the calibration uses S = 2^b − 1 (codes 0..2^b − 1). ``official_grid=False`` uses S = 2^b − 1
+  in both, a true b-bit code.
+* **Exponent rounding.** The de-quantized exponent q·Δ + m is rounded to an integer, so every
+  output is a power of two minus η (bit-shift friendly). The uniform log-domain grid is then
+  collapsed onto the integers between round(m) and round(M): with x ∈ [0, 1], at most
+  ⌈|log2 η|⌉ + 1 distinct levels remain *at any bit-width* (η = 0.01: 8 levels, spec "Measured
+  property": 8–11 levels at 3, 4, 6 and 8 bits, higher MSE than log√2). ``round_exponent=False``
+  keeps the S + 1 levels 2^(q·Δ+m) − η so the extra resolution can be measured.
+
+Calibration (official, on the tensor it is given — the I&S-ViT recipe passes calib[:64]): for each
+η in ``shifts`` set m = min t, M = max t (over the whole tensor, per channel/head when the
+granularity asks for it), quantize with S = 2^b − 1 and the exponent treatment of
+``round_exponent``, and keep the η with least ‖x − x̂‖² (first on ties, like the official strict
+``<``). η, m and M are buffers: frozen during reconstruction (the official code sets
+``requires_grad=False`` on η and keeps m, M as plain attributes). Rounding goes through
+``round_ste`` so gradients reach the input.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from vitquant.quant.base import Quantizer
+from vitquant.quant.stats import least_error, to_rows
+from vitquant.quant.ste import round_ste
+
+DEFAULT_SHIFTS = (0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class SULQuantizer(Quantizer):
+    """Shift-uniform-log2 fake quantizer (see module docstring): buffers ``shift`` (η), ``log_min``
+    (m) and ``log_max`` (M)."""
+
+    def __init__(self, bits: int, granularity: str = "tensor", channel_dim: int = -1,
+                 shifts: Sequence[float] = DEFAULT_SHIFTS, round_exponent: bool = True,
+                 official_grid: bool = True, **kw) -> None:
+        super().__init__(bits, granularity, channel_dim, **kw)
+        if not shifts or min(shifts) <= 0:
+            raise ValueError(f"shifts={list(shifts)} must be a non-empty list of positive values")
+        self.shifts = tuple(float(s) for s in shifts)
+        self.round_exponent = bool(round_exponent)
+        self.official_grid = bool(official_grid)
+        self.register_buffer("shift", torch.ones(1))
+        self.register_buffer("log_min", torch.zeros(1))
+        self.register_buffer("log_max", torch.ones(1))
+
+    @property
+    def steps(self) -> int:
+        """S of the forward grid: 2^b (official, codes 0..2^b) or 2^b − 1 (b-bit codes)."""
+        return 2 ** self.bits if self.official_grid else 2 ** self.bits - 1
+
+    def fake_quant(self, x: torch.Tensor, shift: torch.Tensor, log_min: torch.Tensor,
+                   log_max: torch.Tensor, steps: int) -> torch.Tensor:
+        """x̂ for broadcastable η, m, M on the grid Δ = (M − m)/S, codes 0..S."""
+        delta = ((log_max - log_min) / steps).clamp_min(1e-8)
+        code = torch.clamp(round_ste((torch.log2(x + shift) - log_min) / delta), 0, steps)
+        exponent = code * delta + log_min
+        if self.round_exponent:
+            exponent = round_ste(exponent)
+        return torch.pow(2.0, exponent) - shift
+
+    def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fake_quant(x, self.expand(self.shift, x), self.expand(self.log_min, x),
+                               self.expand(self.log_max, x), self.steps)
+
+    def initialize(self, x: torch.Tensor) -> None:
+        full = to_rows(x.float(), self.axis)
+        lo, hi = full.min(dim=0).values, full.max(dim=0).values  # log2 is monotone: m, M from min, max
+        rows = self.rows(x)
+        candidates = [(torch.full_like(lo, eta), torch.log2(lo + eta), torch.log2(hi + eta)) for eta in self.shifts]
+        calib_steps = 2 ** self.bits - 1  # the official η search uses 2^b − 1, unlike its forward
+        shift, log_min, log_max = least_error(
+            candidates, lambda e, m, M: (self.fake_quant(rows, e, m, M, calib_steps) - rows).pow(2).mean(0))
+        self.set_param("shift", shift)
+        self.set_param("log_min", log_min)
+        self.set_param("log_max", log_max)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "round_exponent": self.round_exponent,
+                "official_grid": self.official_grid}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        super().set_extra_state(state)
+        self.round_exponent = bool(state["round_exponent"])
+        self.official_grid = bool(state["official_grid"])
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, round_exponent={self.round_exponent}, "
+                f"official_grid={self.official_grid}")
