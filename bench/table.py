@@ -7,7 +7,7 @@ from pathlib import Path
 
 from vitquant.io.atomic import write_text
 
-GROUP = ("model", "policy", "method", "w_bits", "a_bits", "budget")
+GROUP = ("model", "policy", "variant", "w_bits", "a_bits", "budget")
 
 
 def mean_std(values: list[float], digits: int = 2) -> str:
@@ -19,7 +19,7 @@ def mean_std(values: list[float], digits: int = 2) -> str:
 def write_table(rows: list[dict], path: Path) -> str:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
-        groups[tuple(r.get(k) for k in GROUP)].append(r)
+        groups[tuple(r.get(k, r["method"]) if k == "variant" else r.get(k) for k in GROUP)].append(r)
     lines = ["| model | policy | method | W/A | budget | seeds | FP top-1 | top-1 | drop | calib s | peak MB | "
              "eval time ratio (quant/FP) |", "|" + "---|" * 12]
     for key in sorted(groups, key=lambda k: (k[0], k[1], -k[3], k[2])):

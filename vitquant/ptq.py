@@ -60,8 +60,10 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         if missing:
             raise CoverageError(f"{len(missing)} enabled quantization sites saw no data during calibration "
                                 f"(first: {missing[0]}); the model's forward bypasses them")
+        fp_metrics = {"top1": None, "top5": None}
         with timer() as fp_eval:
-            fp_metrics = task.evaluate(fp_model, device)
+            if cfg.eval_fp:
+                fp_metrics = task.evaluate(fp_model, device)
         with timer() as q_eval:
             q_metrics = task.evaluate(qmodel, device)
         metrics = {
@@ -70,7 +72,7 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
             "top1": q_metrics["top1"], "top5": q_metrics["top5"],
             "fp_top1": fp_metrics["top1"], "fp_top5": fp_metrics["top5"], "n_eval_images": q_metrics["n_images"],
             "n_calib": recipe.n_calib, "calib_seconds": calib["seconds"], "eval_seconds": q_eval["seconds"],
-            "fp_eval_seconds": fp_eval["seconds"], "peak_memory_mb": peak_memory_mb(device),
+            "fp_eval_seconds": fp_eval["seconds"] if cfg.eval_fp else None, "peak_memory_mb": peak_memory_mb(device),
             "seed": cfg.seed, "device": str(device),
         }
         save_quantized(out_dir / "quantized.pt", qmodel, OmegaConf.create(run_config), calib_ids)
@@ -79,7 +81,7 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         write_json(out_dir / "metrics.json", metrics)
         logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         logger.summary(metrics)
-        log.info("%s %s W%dA%d: top-1 %.2f (FP %.2f), calibration %.1fs -> %s", cfg.model.name, cfg.method.name,
+        log.info("%s %s W%dA%d: top-1 %.2f (FP %s), calibration %.1fs -> %s", cfg.model.name, cfg.method.name,
                  bits.w, bits.a, metrics["top1"], metrics["fp_top1"], metrics["calib_seconds"], out_dir)
         return metrics
     finally:
