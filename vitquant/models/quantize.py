@@ -13,4 +13,5 @@ def quantized_twin(fp_model: nn.Module, recipe: Recipe, kinds: list[str], bits: 
     """A copy of ``fp_model`` with quant twins and uncalibrated quantizers on the policy's sites."""
     qmodel = to_quant_twin(copy.deepcopy(fp_model))
     recipe.attach(qmodel, kinds, bits, seed)
-    return qmodel.eval()
+    device = next(fp_model.parameters()).device
+    return qmodel.to(device).eval()  # new quantizers are created on the CPU
