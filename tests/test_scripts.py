@@ -25,8 +25,8 @@ def test_calibrate_then_evaluate_cli(image_folder, tmp_path):
     assert (metrics["w_bits"], metrics["a_bits"], metrics["method"]) == (6, 6, "minmax")
     assert (out / "calibrate.log").exists() and (out / "config.yaml").exists()
 
-    proc = run("evaluate.py", "checkpoint=run/quantized.pt", "data=cifar10", f"data.root={image_folder}",
-               "data.val_split=val", "task.num_workers=0", "hydra.run.dir=eval", cwd=tmp_path)
+    # data defaults to the checkpoint's own
+    proc = run("evaluate.py", "checkpoint=run/quantized.pt", "task.num_workers=0", "hydra.run.dir=eval", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["top1"] == metrics["top1"]
 

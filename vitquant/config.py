@@ -78,5 +78,6 @@ def validate_calibrate(cfg: DictConfig) -> None:
 
 def validate_evaluate(cfg: DictConfig) -> None:
     check_path(cfg.checkpoint, "checkpoint", "quantized checkpoint")
-    check_data(cfg)
+    if cfg.get("data") is not None:
+        check_data(cfg)
     resolve_device(cfg.device)

@@ -1,7 +1,8 @@
 """Re-evaluate a quantized checkpoint: the function behind ``evaluate.py``.
 
 The model, method, policy and bits come from the checkpoint (so the exact quantized model is
-rebuilt); data, task options, device and logger come from the command line.
+rebuilt); data (by default the checkpoint's own), task options, device and logger come from the
+command line.
 """
 from __future__ import annotations
 
@@ -39,7 +40,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     logger = RunLogger(cfg.logger, OmegaConf.to_container(cfg, resolve=True), str(out_dir),
                        f"eval-{run_cfg.model.name}-{run_cfg.method.name}-w{run_cfg.w_bits}a{run_cfg.a_bits}")
     try:
-        task = build_task(cfg.task, run_cfg.model, cfg.data)
+        data_cfg = cfg.data if cfg.get("data") is not None else run_cfg.data
+        task = build_task(cfg.task, run_cfg.model, data_cfg)
         qmodel = rebuild_quantized(run_cfg, state, cfg.checkpoint, task).to(device)
         with timer() as t:
             metrics = task.evaluate(qmodel, device)
