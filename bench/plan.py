@@ -41,6 +41,6 @@ ENTRIES = [
     Entry("tsptq", "tsptq", (8, 6, 4), policies=("full", "default")),
     Entry("ptq4vit", "ptq4vit", (8, 6, 4), policies=("default", "full")),
     Entry("fqvit", "fqvit", (8, 6, 4), policies=("full", "default")),
-    Entry("fqvit(8/8/4 attn)", "fqvit", (8,), policies=("full",), cpu=("method.kind_bits.post_softmax=4",),
-          full=("method.kind_bits.post_softmax=4",)),
+    Entry("fqvit(8/8/4 attn)", "fqvit", (8,), policies=("full",), cpu=("+method.kind_bits.post_softmax=4",),
+          full=("+method.kind_bits.post_softmax=4",)),
 ]
