@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
+from conftest import make_image_folder
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
-from conftest import make_image_folder
 from vitquant.cli import CONF_DIR
 from vitquant.ptq import run_calibration
 

@@ -39,7 +39,8 @@ def test_missing_split_folder_names_root_and_fix(folder):
 
 
 def test_unknown_format_lists_valid_ones():
-    with pytest.raises(UserError, match="data.format=lmdb is not supported; valid: folder, torchvision_cifar10, digits"):
+    valid = "data.format=lmdb is not supported; valid: folder, torchvision_cifar10, digits"
+    with pytest.raises(UserError, match=valid):
         build_dataset({"format": "lmdb", "root": "x"}, "val", None)
 
 

@@ -19,7 +19,8 @@ CIFAR_INPUT = {"size": 32, "crop_pct": 1.0, "interpolation": "bicubic", "mean": 
 # The shared reference models (shared/models/README.md): config, checkpoint file, README top-1.
 REFERENCES = {
     "vit_cifar": ({"arch": "vit_tiny_patch16_224", "input": CIFAR_INPUT, "kwargs": {
-        "img_size": 32, "patch_size": 4, "embed_dim": 96, "depth": 6, "num_heads": 3, "mlp_ratio": 4, "num_classes": 10}},
+        "img_size": 32, "patch_size": 4, "embed_dim": 96, "depth": 6, "num_heads": 3, "mlp_ratio": 4,
+        "num_classes": 10}},
         "vit_cifar10.safetensors", 56.99),
     "swin_cifar": ({"arch": "swin_tiny_patch4_window7_224", "input": CIFAR_INPUT, "kwargs": {
         "img_size": 32, "patch_size": 2, "window_size": 4, "embed_dim": 48, "depths": [2, 2, 2],
