@@ -27,7 +27,9 @@ EXIT_USER_ERROR = 2
 
 def one_line(error: BaseException) -> str:
     """Collapse a (possibly multi-line) message into one line."""
-    text = re.sub(r"\s*\n\s*", "; ", str(error).strip())
+    text = str(error).strip().split("\nConfig search path:")[0]  # Hydra's search-path dump is noise here
+    text = re.sub(r":\s*\n\s*", ": ", text)
+    text = re.sub(r"\s*\n\s*", "; ", text)
     return re.sub(r"(; )+", "; ", text) or type(error).__name__
 
 
