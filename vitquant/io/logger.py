@@ -59,6 +59,16 @@ class RunLogger:
         log.info(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         self._safe(self.run.log if self.run else None, dict(metrics))
 
+    def table(self, name: str, columns: list[str], rows: list[list[Any]]) -> None:
+        """A table (e.g. chosen ranks per layer): W&B ``Table``; one local log line per row."""
+        for row in rows:
+            log.info("%s: %s", name, " ".join(f"{c}={v}" for c, v in zip(columns, row)))
+
+        def send() -> None:
+            import wandb
+            self.run.log({name: wandb.Table(columns=list(columns), data=[list(r) for r in rows])})
+        self._safe(send)
+
     def summary(self, metrics: Mapping[str, Any]) -> None:
         self._safe(lambda m: self.run.summary.update(m), dict(metrics))
 
