@@ -21,7 +21,9 @@ logits α, column j of the factors is weighted by the probability that the chose
       p = softmax(α / τ),   m_j = Σ_k p_k · [j < r_k],   ΔW = B·diag(m)·A
 
 which is the softmax mixture Σ_k p_k·B_{:, <r_k}·A_{<r_k} of the K candidate branches sharing their
-leading columns. ``select_rank`` keeps r* = r_argmax(α), folds m into B (ΔW keeps the kept columns'
+leading columns. Alternatively a rank r_k ~ p is *sampled* for the step (``sampled``), and the
+mask is hard: m_j = [j < r_k] (nested ranks: the leading columns must work alone).
+``select_rank`` keeps r* = r_argmax(α), folds a soft m into B (ΔW keeps the kept columns'
 contribution) and drops α; ``compact`` then truncates A and B to r* columns.
 """
 from __future__ import annotations
@@ -61,6 +63,7 @@ class LowRankCompensation(nn.Module):
             self.candidates = tuple(int(r) for r in candidates)
             self.alpha = nn.Parameter(torch.zeros(len(self.candidates)))
         self.active = rank
+        self.sampled: int | None = None  # rank drawn for the current step (sampled search), else None
 
     @property
     def searching(self) -> bool:
@@ -75,11 +78,13 @@ class LowRankCompensation(nn.Module):
         return torch.softmax(self.alpha / self.tau, dim=0)
 
     def column_weights(self) -> torch.Tensor | None:
-        """m_j = Σ_k p_k·[j < r_k] while searching, else None (all active columns weigh 1)."""
+        """m_j = Σ_k p_k·[j < r_k] (or [j < sampled]) while searching, else None (all columns weigh 1)."""
         if self.alpha is None:
             return None
-        ranks = torch.tensor(self.candidates, device=self.alpha.device)
         cols = torch.arange(self.A.shape[0], device=self.alpha.device)
+        if self.sampled is not None:
+            return (cols < self.sampled).to(self.A.dtype)
+        ranks = torch.tensor(self.candidates, device=self.alpha.device)
         return (self.probabilities()[:, None] * (cols[None, :] < ranks[:, None])).sum(0)
 
     def expected_rank(self) -> torch.Tensor:
@@ -112,10 +117,10 @@ class LowRankCompensation(nn.Module):
         """Keep r* = r_argmax(α): fold the column weights into B, stop searching; returns r*."""
         if self.alpha is None:
             return self.active
-        m = self.column_weights()
-        self.B.mul_(m)
+        if self.sampled is None:
+            self.B.mul_(self.column_weights())
         self.active = self.candidates[int(self.alpha.argmax())]
-        self.alpha = None
+        self.alpha, self.sampled = None, None
         return self.active
 
     @torch.no_grad()
