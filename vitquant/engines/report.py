@@ -16,5 +16,6 @@ def report_dfq_intervals(model: nn.Module, ctx: CalibContext) -> None:
     if not chosen:
         return
     ctx.metrics["dfq_intervals"] = chosen
-    ctx.log({f"dfq/{site}/{end}": value for site, pair in chosen.items() for end, value in zip(("lower", "upper"), pair)})
+    ctx.log({f"dfq/{site}/{end}": value for site, pair in chosen.items()
+             for end, value in zip(("lower", "upper"), pair)})
     ctx.table("dfq/intervals", ["site", "lower", "upper"], [[site, *pair] for site, pair in chosen.items()])
