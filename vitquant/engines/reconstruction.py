@@ -110,7 +110,8 @@ def lp_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def per_sample_lp_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``lp_loss`` of each sample of the batch: (B,)."""
-    return (pred - target).pow(2).sum(1).flatten(1).mean(1)
+    err = (pred - target).pow(2).sum(1)
+    return err.reshape(len(err), -1).mean(1)
 
 
 def rounding_temperature(t: int, iters: int, warmup: float, b_range: tuple[float, float]) -> float:
