@@ -79,7 +79,8 @@ class _Sums:
 
 
 @contextmanager
-def _recording(sites: dict[str, QuantSite], record: Callable[[str, torch.Tensor, torch.Tensor], None]) -> Iterator[None]:
+def _recording(sites: dict[str, QuantSite],
+               record: Callable[[str, torch.Tensor, torch.Tensor], None]) -> Iterator[None]:
     """Call ``record(name, input, output)`` for every call of every site while the context is open."""
     handles = [site.register_forward_hook(lambda _m, args, out, n=name: record(n, args[0], out))
                for name, site in sites.items()]
@@ -104,6 +105,24 @@ def _quantizers_off(model: nn.Module) -> Iterator[None]:
             site.enabled = flag
 
 
+def _measure_batch(model: nn.Module, sites: dict[str, QuantSite], sums: dict[str, _Sums], batch: torch.Tensor) -> None:
+    """Quantizers off: record each activation site's float output; on: compare call by call."""
+    float_out: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
+
+    def keep(name: str, x_in: torch.Tensor, out: torch.Tensor) -> None:
+        if not sites[name].is_weight:
+            float_out[name].append(out.detach())
+
+    def compare(name: str, x_in: torch.Tensor, out: torch.Tensor) -> None:
+        x_fp = x_in if sites[name].is_weight else float_out[name].pop(0)
+        sums[name].add(out, x_fp, x_in)
+
+    with _quantizers_off(model), _recording(sites, keep):
+        model(batch)
+    with _recording(sites, compare):
+        model(batch)
+
+
 @torch.no_grad()
 def site_errors(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 4) -> list[SiteError]:
     """One :class:`SiteError` per quantized site of ``model``, in module order, measured on ``images``.
@@ -118,21 +137,7 @@ def site_errors(model: nn.Module, images: torch.Tensor, device: torch.device, ba
     model.eval()
     try:
         for start in range(0, len(images), batch_size):
-            batch = images[start:start + batch_size].to(device)
-            float_out: dict[str, list[torch.Tensor]] = {name: [] for name in sites}
-
-            def keep(name: str, x_in: torch.Tensor, out: torch.Tensor) -> None:
-                if not sites[name].is_weight:
-                    float_out[name].append(out.detach())
-
-            def compare(name: str, x_in: torch.Tensor, out: torch.Tensor) -> None:
-                x_fp = x_in if sites[name].is_weight else float_out[name].pop(0)
-                sums[name].add(out, x_fp, x_in)
-
-            with _quantizers_off(model), _recording(sites, keep):
-                model(batch)
-            with _recording(sites, compare):
-                model(batch)
+            _measure_batch(model, sites, sums, images[start:start + batch_size].to(device))
     finally:
         model.train(was_training)
     return [SiteError(site=name, kind=site.kind, block=block_of(name), bits=int(site.quantizer.bits),
