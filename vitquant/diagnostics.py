@@ -155,17 +155,22 @@ def to_csv(rows: list[SiteError]) -> str:
 
 
 def plot_sqnr(rows: list[SiteError], path: Path, title: str = "") -> Path:
-    """SQNR (dB) of every site by block, one marker series per site kind; +inf sites are left out."""
+    """SQNR (dB) of every site by block (dots), one line per site kind through its mean per block; +inf sites are
+    left out (counted in the title)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     blocks = list(dict.fromkeys(r.block for r in rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(blocks) + 3), 4.5))
-    for kind in dict.fromkeys(r.kind for r in rows):
+    for i, kind in enumerate(dict.fromkeys(r.kind for r in rows)):
         points = [(blocks.index(r.block), r.sqnr_db) for r in rows if r.kind == kind and math.isfinite(r.sqnr_db)]
-        if points:
-            ax.plot(*zip(*points), marker="o", linestyle="-", alpha=0.8, label=kind)
+        if not points:
+            continue
+        ax.scatter(*zip(*points), color=f"C{i}", s=12, alpha=0.6)  # every site; the line: mean per block
+        xs = sorted({x for x, _ in points})
+        ax.plot(xs, [sum(y for x, y in points if x == b) / sum(x == b for x, _ in points) for b in xs],
+                color=f"C{i}", marker="o", alpha=0.9, label=kind)
     n_inf = sum(not math.isfinite(r.sqnr_db) for r in rows)
     ax.set_xticks(range(len(blocks)), blocks, rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("SQNR vs float (dB)")
