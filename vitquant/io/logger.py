@@ -79,6 +79,7 @@ class RunLogger:
             self.run = wandb.init(project=cfg.get("project"), entity=cfg.get("entity"), group=sweep_group(cfg),
                                   tags=run_tags(run_config, list(cfg.get("tags") or [])), config=run_config,
                                   dir=run_dir, name=run_name, mode=mode, reinit="finish_previous")
+            log.info("W&B %s run %s, group %s, tags %s", mode, run_name, self.run.group, ",".join(self.run.tags))
         except Exception as e:  # noqa: BLE001 - any W&B failure must not stop the run
             log.warning("W&B unavailable (%s); logging locally only", str(e).splitlines()[0] if str(e) else e)
             self.run = None
