@@ -273,10 +273,10 @@ def plot(stats: pd.DataFrame, metric: str, out: Path) -> list[Path]:
         fp = by_model["fp"].mean()
         if not math.isnan(fp):
             ax.axhline(fp, color="k", linestyle="--", linewidth=1, label=FP)
-        ax.set_xticks(sorted(by_model["w_bits"].unique()), sorted(by_model["bits"].unique(), key=lambda b: (
-            len(b), b)))
+        ticks = sorted(by_model["w_bits"].unique())
+        ax.set_xticks(ticks, ["/".join(sorted(set(by_model.loc[by_model["w_bits"] == w, "bits"]))) for w in ticks])
         ax.set_title(model)
-        ax.set_xlabel("bits")
+        ax.set_xlabel("weight/activation bits")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -286,9 +286,9 @@ def plot(stats: pd.DataFrame, metric: str, out: Path) -> list[Path]:
     markers = dict(zip(models, "osD^vP*X"))
     timed = stats.dropna(subset=["calib_seconds", "drop"])
     for i, (method, rows) in enumerate(timed.groupby("method", sort=False)):
-        for _, r in rows.iterrows():
+        for k, (_, r) in enumerate(rows.iterrows()):
             ax.scatter(r["calib_seconds"], r["drop"], color=f"C{i}", marker=markers.get(r["model"], "o"),
-                       label=method if _ == rows.index[0] else None)
+                       label=None if k else method)
             ax.annotate(r["bits"], (r["calib_seconds"], r["drop"]), fontsize=6, xytext=(3, 2),
                         textcoords="offset points")
     for model, marker in markers.items():
