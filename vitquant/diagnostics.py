@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from vitquant.io.atomic import atomic_write, write_text
+from vitquant.io.logger import RunLogger
 from vitquant.nn.site import QuantSite, quantized_sites
 
 COLUMNS = ("site", "kind", "block", "bits", "enabled", "mse", "sqnr_db", "quantizer_sqnr_db")
@@ -184,7 +185,7 @@ def plot_sqnr(rows: list[SiteError], path: Path, title: str = "") -> Path:
 
 
 def write_site_diagnostics(model: nn.Module, images: torch.Tensor, device: torch.device, out_dir: str | Path,
-                           logger=None, title: str = "") -> list[SiteError]:
+                           logger: RunLogger | None = None, title: str = "") -> list[SiteError]:
     """Measure :func:`site_errors`, write ``sites.csv`` and ``sites_sqnr.png`` in ``out_dir``, log a W&B table."""
     rows = site_errors(model, images, device)
     out_dir = Path(out_dir)
