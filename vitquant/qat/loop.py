@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vitquant.data.training import ResumableSampler
-from vitquant.qat.checkpoint import load_resume, save_resume, set_rng_state
+from vitquant.qat.checkpoint import save_resume, set_rng_state
 from vitquant.qat.distributed import DistInfo, barrier
 from vitquant.qat.losses import soft_cross_entropy, teacher_targets
 from vitquant.qat.regularizer import OscillationTracker, reg_weight, variation_loss
@@ -97,17 +97,16 @@ class Trainer:
         if self.dist.is_main and self.checkpoint_path is not None:
             save_resume(self.checkpoint_path, self.state_dict())
 
-    def resume(self, path: Path) -> None:
-        """Load a resume checkpoint (the model's quantizers must already exist, uninitialised or not)."""
-        state = load_resume(path)
-        self.module.load_state_dict(state["model"])
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue from a loaded resume checkpoint. The model state must already be loaded, before the
+        optimizer was built: loading can replace quantizer parameters (per-head shapes)."""
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.position = Position(**state["position"])
         self.oscillation.load_state_dict(state["oscillation"])
         self.epoch_sums = dict(state["epoch_sums"])
         set_rng_state(state["rng"])
-        log.info("resumed from %s at epoch %d, batch %d (step %d)", path, self.position.epoch,
+        log.info("resumed at epoch %d, batch %d (step %d)", self.position.epoch,
                  self.position.batch, self.position.step)
 
     # ----------------------------------------------------------------- one step

@@ -32,9 +32,9 @@ from vitquant.methods.recipe import Recipe
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import uncalibrated_sites
 from vitquant.ptq import build_recipe, build_task
-from vitquant.qat.checkpoint import RESUME_FILE
+from vitquant.qat.checkpoint import RESUME_FILE, load_resume
 from vitquant.qat.config import validate_train
-from vitquant.qat.distributed import DistInfo, env_rank, init_distributed, shutdown
+from vitquant.qat.distributed import DistInfo, barrier, env_rank, init_distributed, shutdown
 from vitquant.qat.loop import LoopOptions, Trainer
 from vitquant.qat.soft_labels import SoftLabelCrops
 from vitquant.qat.teacher import build_teacher
@@ -122,9 +122,13 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
     out_dir = Path(cfg.out_dir)
     resume_path = out_dir / RESUME_FILE
     resuming = cfg.resume == "auto" and resume_path.is_file()
+    barrier(dist)  # every rank decides before rank 0 can write a checkpoint
     task = build_task(cfg.task, cfg.model, cfg.data)
     fp_model = task.build_model().to(device)
     student, calib_ids = build_student(cfg, task, fp_model, resuming)
+    resume_state = load_resume(resume_path) if resuming else None
+    if resume_state is not None:
+        student.load_state_dict(resume_state["model"])
     teacher = None if cfg.soft_labels.dir is not None else build_teacher(cfg.teacher, cfg.model, fp_model)
     loader, sampler = train_loader(cfg, dist, device)
     optimizer, scheduler = optimizer_and_scheduler(student, cfg.qat, sampler.batches_per_epoch)
@@ -139,8 +143,9 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
     trainer = Trainer(model, teacher, loader, sampler, optimizer, scheduler, options, device, dist,
                       lambda m: task.evaluate(m, device)["top1"], log_fn, out_dir / RESUME_FILE)
     extra: dict[str, Any] = {}
-    if resuming:
-        trainer.resume(resume_path)
+    if resume_state is not None:
+        trainer.resume(resume_state)
+        log.info("resumed from %s", resume_path)
     else:
         trainer.oscillation.update(student)  # remember the initial codes: step 1's flips count
         if cfg.eval_fp and dist.is_main:

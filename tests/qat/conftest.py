@@ -1,0 +1,31 @@
+"""A train.yaml config on the tiny ViT and image folder (seconds per run)."""
+import pytest
+
+TINY_TRAIN = ["model=vit_cifar", "model.kwargs.depth=2", "model.kwargs.embed_dim=48", "model.kwargs.patch_size=8",
+              "model.kwargs.num_classes=3", "+model.kwargs.drop_path_rate=0.1", "data=cifar10", "data.val_split=val",
+              "task.num_workers=0", "method.n_calib=8", "logger=none", "qat.epochs=2", "qat.batch_size=4",
+              "qat.n_crops=2", "qat.num_workers=0", "qat.lr=2e-3", "bits=3", "device=cpu"]
+
+
+@pytest.fixture
+def tiny_train_args(image_folder) -> list[str]:
+    """Command-line overrides of a tiny train run."""
+    return [*TINY_TRAIN, f"data.root={image_folder}"]
+
+
+@pytest.fixture
+def tiny_train(image_folder, tmp_path):
+    """``make(*overrides, out=name)`` → a train config on the tiny model/data writing to tmp_path/name."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from vitquant.cli import CONF_DIR
+
+    def make(*overrides: str, out: str = "run"):
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose("train", overrides=[*TINY_TRAIN, f"data.root={image_folder}", *overrides])
+        with open_dict(cfg):
+            cfg.out_dir = str(tmp_path / out)
+        return cfg
+
+    return make
