@@ -47,6 +47,7 @@ class Position:
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0
     calib_ids: list[int] = field(default_factory=list)
 
 
@@ -159,7 +160,7 @@ class Trainer:
         self.sampler.set_position(pos.epoch, pos.batch)
         bar = tqdm(self.loader, desc=f"epoch {pos.epoch + 1}/{self.options.epochs}", disable=None if
                    self.dist.is_main else True, initial=pos.batch, total=self.steps_per_epoch, leave=False)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for batch in bar:
             t0 = time.perf_counter()
             metrics = self.train_step(batch)
@@ -168,7 +169,8 @@ class Trainer:
             bar.set_postfix(loss=f"{metrics['loss']:.3f}",
                             img_s=f"{len(batch[0]) * self.dist.world / (time.perf_counter() - t0):.0f}")
             pos.train_seconds += time.perf_counter() - start
-            start = time.perf_counter()
+            pos.train_cpu_seconds += time.process_time() - cpu_start
+            start, cpu_start = time.perf_counter(), time.process_time()
             self.steps_this_process += 1
             every = self.options.checkpoint_every_steps
             if every and pos.step % int(every) == 0:
@@ -191,6 +193,7 @@ class Trainer:
         barrier(self.dist)
         row = {"epoch": pos.epoch + 1, "step": pos.step, "top1": top1, "lr": sums.get("lr"),
                "oscillation_rate": self.oscillation.epoch_rate(), "train_seconds": pos.train_seconds,
+               "train_cpu_seconds": pos.train_cpu_seconds,
                **{k: sums.get(k, 0.0) / n for k in ("loss", "task_loss", "reg_loss", "reg_weight")}}
         pos.history.append(row)
         if self.dist.is_main:

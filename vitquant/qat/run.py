@@ -164,7 +164,9 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
         "policy": cfg.policy.name, "teacher": cfg.teacher.name, "w_bits": bits.w, "a_bits": bits.a,
         "end_bits": bits.end_w, "end_a_bits": bits.end_a, "top1": history[-1].get("top1"),
         "fp_top1": history[0].get("fp_top1"), "init_top1": history[0].get("top1"), "history": history,
-        "train_seconds": trainer.position.train_seconds, "epochs": cfg.qat.epochs, "steps": trainer.position.step,
+        "train_seconds": trainer.position.train_seconds,
+        "train_cpu_seconds": trainer.position.train_cpu_seconds, "epochs": cfg.qat.epochs,
+        "steps": trainer.position.step,
         "oscillation_rate": history[-1].get("oscillation_rate"), "n_eval_images": max_eval, "seed": cfg.seed,
         "device": str(device), "world_size": dist.world, "init": cfg.init,
     }
