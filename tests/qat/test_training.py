@@ -85,3 +85,19 @@ def test_ddp_two_cpu_processes_keep_equal_weights(tiny_train, tmp_path):
     assert a["steps"] == b["steps"] == 4  # 18 images, 9 per rank, batches of 2
     assert all(torch.equal(a["state"][k], b["state"][k]) for k in a["state"] if torch.is_tensor(a["state"][k]))
     assert (tmp_path / "run" / "resume.pt").is_file()  # written by rank 0
+
+
+def test_offline_soft_labels_are_written_and_replayed(tiny_train, tmp_path):
+    from vitquant.qat.soft_labels import write_soft_labels
+
+    labels = tmp_path / "fkd"
+    meta = write_soft_labels(tiny_train(f"soft_labels.dir={labels}", "soft_labels.n_stored=3", "soft_labels.topk=2"))
+    assert meta["n_stored"] == 3 and meta["classes"] == 3 and len(list(labels.glob("*.pt"))) == 18
+    metrics = run_training(tiny_train(f"soft_labels.dir={labels}", "qat.epochs=1", out="replay"))
+    assert metrics["steps"] == 4 and metrics["history"][-1]["task_loss"] > 0
+
+
+@pytest.mark.slow
+def test_swin_trains_with_head_wise_scales(tiny_train):
+    metrics = run_training(tiny_train("qat.epochs=1", "teacher=none", out="swin", swin=True))
+    assert metrics["steps"] == 4 and metrics["top1"] is not None
