@@ -56,6 +56,9 @@ def adopt_init(cfg: DictConfig) -> DictConfig:
     if cfg.init is None:
         return cfg
     run_cfg, _, _ = read_quantized(cfg.init)
+    if (cfg.w_bits, cfg.a_bits) != (run_cfg.w_bits, run_cfg.a_bits):
+        log.warning("init=%s is W%dA%d: its bits are kept (W%dA%d on the command line is ignored)", cfg.init,
+                    run_cfg.w_bits, run_cfg.a_bits, cfg.w_bits, cfg.a_bits)
     cfg = cfg.copy()
     with open_dict(cfg):
         for key in ("model", "method", "policy", "w_bits", "a_bits", "end_bits", "end_a_bits"):

@@ -96,9 +96,11 @@ class LSQQuantizer(Quantizer):
         return self.codes(x, self.expand(self.scale, x).abs(), self.expand(self.offset, x))
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        s = self.expand(grad_scale(self.scale, self.step_grad_scale(x)), x).abs().clamp_min(1e-8)
-        beta = self.expand(self.offset, x)
-        return round_ste(torch.clamp((x - beta) / s, self.qmin, self.qmax)) * s + beta
+        """Computed in float32 (under bf16 autocast, x/s would round before ``round`` does)."""
+        xf = x.float()
+        s = self.expand(grad_scale(self.scale, self.step_grad_scale(xf)), xf).abs().clamp_min(1e-8)
+        beta = self.expand(self.offset, xf)
+        return (round_ste(torch.clamp((xf - beta) / s, self.qmin, self.qmax)) * s + beta).to(x.dtype)
 
     # ----------------------------------------------------------------- calibration
     def mse_scale(self, rows: torch.Tensor) -> torch.Tensor:
