@@ -38,6 +38,7 @@ from vitquant.qat.distributed import DistInfo, barrier, env_rank, init_distribut
 from vitquant.qat.loop import LoopOptions, Trainer
 from vitquant.qat.soft_labels import SoftLabelCrops
 from vitquant.qat.teacher import build_teacher
+from vitquant.quant.base import Quantizer
 from vitquant.runtime import seed_everything
 
 log = logging.getLogger("vitquant")
@@ -72,9 +73,8 @@ def build_student(cfg: DictConfig, task, fp_model: nn.Module, resuming: bool) ->
         from vitquant.evaluation import rebuild_quantized
         run_cfg, state, calib_ids = read_quantized(cfg.init)
         student = rebuild_quantized(run_cfg, state, cfg.init, task).to(next(fp_model.parameters()).device)
-        for module in student.modules():
-            if hasattr(module, "make_learnable") and isinstance(getattr(module, "scale", None), torch.Tensor) \
-                    and module.scale.is_floating_point():
+        for module in student.modules():  # LSQ-style: the PTQ steps become trainable too
+            if isinstance(module, Quantizer) and "scale" in module._buffers and module.scale.is_floating_point():
                 module.make_learnable("scale")
         return student, calib_ids
     recipe: Recipe = build_recipe(cfg.method)
