@@ -4,11 +4,17 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_qat import train_args
 
 from vitquant.cli import preflight
 from vitquant.qat.config import validate_train
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tiny_train_args(image_folder) -> list[str]:
+    return train_args(image_folder)
 
 
 @pytest.mark.parametrize("override,message", [

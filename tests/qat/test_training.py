@@ -5,10 +5,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_qat import train_config_factory
 
 from vitquant.io.quantized_checkpoint import read_quantized
 from vitquant.qat.loop import TrainingStopped
 from vitquant.qat.run import fit, run_training
+
+
+@pytest.fixture
+def tiny_train(image_folder, tmp_path):
+    return train_config_factory(image_folder, tmp_path)
 
 
 def test_training_steps_lower_the_loss(tiny_train):

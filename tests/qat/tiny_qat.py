@@ -1,5 +1,7 @@
-"""A train.yaml config on the tiny ViT and image folder (seconds per run)."""
-import pytest
+"""Overrides of a train.yaml run on the tiny ViT/Swin and image folder (seconds per run).
+
+A plain module, not a ``conftest.py``: the top-level tests import ``conftest`` by name.
+"""
 
 TINY_VIT = ["model=vit_cifar", "model.kwargs.depth=2", "model.kwargs.embed_dim=48", "model.kwargs.patch_size=8",
             "model.kwargs.num_classes=3", "+model.kwargs.drop_path_rate=0.1"]
@@ -10,14 +12,12 @@ TINY_TRAIN = [*TINY_VIT, "data=cifar10", "data.val_split=val",
               "qat.n_crops=2", "qat.num_workers=0", "qat.lr=2e-3", "bits=3", "device=cpu"]
 
 
-@pytest.fixture
-def tiny_train_args(image_folder) -> list[str]:
+def train_args(image_folder) -> list[str]:
     """Command-line overrides of a tiny train run."""
     return [*TINY_TRAIN, f"data.root={image_folder}"]
 
 
-@pytest.fixture
-def tiny_train(image_folder, tmp_path):
+def train_config_factory(image_folder, tmp_path):
     """``make(*overrides, out=name)`` → a train config on the tiny model/data writing to tmp_path/name."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
