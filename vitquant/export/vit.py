@@ -149,8 +149,7 @@ class ViTExporter:
             x = self.layer_norm(x, m.fc_norm) if isinstance(m.fc_norm, nn.LayerNorm) else x
         else:
             x = g.op("Gather", [x, g.const(0, dtype=np.int64)], axis=1)
-        logits = self.linear(x, m.head, 2)
-        g.nodes[-1].output[0] = "logits"
+        g.nodes.append(onnx.helper.make_node("Identity", [self.linear(x, m.head, 2)], ["logits"]))
         inputs = [float_input("images", ["batch", 3, image_size, image_size])]
         return g.model(inputs, [float_input("logits", ["batch", m.num_classes])], "vitquant")
 
