@@ -44,8 +44,12 @@ class GraphBuilder:
         zero_type = np.int8 if form.signed else np.uint8
         return self.const(form.scale, f"{hint}_scale"), self.const(form.zero, f"{hint}_zero", zero_type)
 
-    def fake_quant(self, x: str, form: SiteForm, hint: str) -> str:
-        """x → QuantizeLinear → (Clip on the codes below 8 bits) → DequantizeLinear."""
+    def fake_quant(self, x: str, form: SiteForm, hint: str, dq_factor: float = 1.0) -> str:
+        """x → QuantizeLinear → (Clip on the codes below 8 bits) → DequantizeLinear.
+
+        ``dq_factor`` multiplies the de-quantization scale only: a constant factor that follows a
+        product (attention's d^(-1/2)) is folded into its operand's scale instead of costing a pass.
+        """
         scale, zero = self.qparams(form, hint)
         axis = {} if form.axis is None else {"axis": form.axis}
         codes = self.op("QuantizeLinear", [x, scale, zero], f"{hint}_q", **axis)
@@ -53,6 +57,8 @@ class GraphBuilder:
             code_type = np.int8 if form.signed else np.uint8
             codes = self.op("Clip", [codes, self.const(form.code_range[0], "lo", code_type),
                                      self.const(form.code_range[1], "hi", code_type)], f"{hint}_clip")
+        if dq_factor != 1.0:
+            scale = self.const(form.scale * np.float32(dq_factor), f"{hint}_dq_scale")
         return self.op("DequantizeLinear", [codes, scale, zero], f"{hint}_dq", **axis)
 
     def int_weight(self, codes: np.ndarray, form: SiteForm, hint: str, axis: int) -> str:

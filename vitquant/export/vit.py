@@ -57,16 +57,21 @@ class ViTExporter:
         self.site_names = {id(s): n for n, s in iter_sites(model)}
 
     # ------------------------------------------------------------------ sites
-    def site(self, x: str, site: QuantSite | None, rank: int) -> str:
-        if not self.quantize or site is None or site.quantizer is None or not site.enabled:
+    def site(self, x: str, site: QuantSite | None, rank: int, dq_factor: float | None = None) -> str:
+        """``x`` through the site's quantizer; with ``dq_factor``, returns None unless the factor could
+        be folded into an integer site's de-quantization scale (see ``GraphBuilder.fake_quant``)."""
+        active = self.quantize and site is not None and site.quantizer is not None and site.enabled
+        form = site_form(site, rank) if active else None
+        if dq_factor is not None and form is None:
+            return None
+        if not active:
             return x
         name = self.site_names[id(site)]
-        form = site_form(site, rank)
         if form is not None:
             self.report.integer.append(name)
             if form.rounded_zero:
                 self.report.rounded_zero_points.append(name)
-            return self.g.fake_quant(x, form, name.replace(".", "_"))
+            return self.g.fake_quant(x, form, name.replace(".", "_"), dq_factor or 1.0)
         emulate = EMULATORS.get(type(site.quantizer))
         if emulate is None:
             self.report.unquantized[name] = quantizer_name(site)
@@ -108,9 +113,13 @@ class ViTExporter:
         qkv = g.op("Reshape", [self.linear(x, attn.qkv, 3), g.const([0, tokens, 3, heads, dim], dtype=np.int64)])
         qkv = g.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])
         q, k, v = (g.op("Gather", [qkv, g.const(i, dtype=np.int64)], axis=0) for i in range(3))
-        q, k, v = self.site(q, attn.q_site, 4), self.site(k, attn.k_site, 4), self.site(v, attn.v_site, 4)
+        q, v = self.site(q, attn.q_site, 4), self.site(v, attn.v_site, 4)
+        k_scaled = self.site(k, attn.k_site, 4, dq_factor=attn.scale)  # d^(-1/2) folded into k's scale
+        k = k_scaled or self.site(k, attn.k_site, 4)
         scores = g.op("MatMul", [q, g.op("Transpose", [k], perm=[0, 1, 3, 2])])
-        scores = self.site(g.op("Mul", [scores, g.const(attn.scale)]), attn.softmax_in_site, 4)
+        if k_scaled is None:
+            scores = g.op("Mul", [scores, g.const(attn.scale)])
+        scores = self.site(scores, attn.softmax_in_site, 4)
         probs = self.site(g.op("Softmax", [scores], axis=-1), attn.post_softmax_site, 4)
         out = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
         out = g.op("Reshape", [out, g.const([0, tokens, heads * dim], dtype=np.int64)])
