@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup demo test test-all bench reference lint clean
+.PHONY: setup demo test test-all bench bench-speed reference lint clean
 
 setup: $(VENV)/.installed
 
@@ -28,11 +28,14 @@ test-all: setup  ## everything, slow end-to-end runs included
 bench: setup  ## quality/speed benchmark on the CIFAR reference models -> bench/results/
 	$(BIN)/python -m bench.quality $(BENCH_ARGS)
 
+bench-speed: setup  ## FP32 PyTorch / FP32 ORT / INT8 ORT latency, throughput, sizes -> bench/results/speed.*
+	$(BIN)/python -m bench.speed $(BENCH_ARGS)
+
 reference: setup  ## train missing CIFAR reference models into the cache (recipe of shared/models)
 	$(BIN)/python -m bench.references
 
 lint: setup
-	$(BIN)/python -m ruff check vitquant tests bench calibrate.py evaluate.py
+	$(BIN)/python -m ruff check vitquant tests bench calibrate.py evaluate.py export.py
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache

@@ -11,6 +11,8 @@ from vitquant.engines.range_init import init_ranges
 from vitquant.methods.recipe import BitWidths, Recipe
 from vitquant.models.twin import to_quant_twin
 from vitquant.quant.sulq import SULQuantizer
+from vitquant.quant.twin_uniform import TwinUniformQuantizer
+from vitquant.quant.two_scale import TwoScaleQuantizer
 from vitquant.quant.uniform import UniformQuantizer
 
 pytest.importorskip("onnxruntime")
@@ -111,3 +113,17 @@ def test_bad_input_is_one_error_line(tiny_run, capsys, tmp_path):
     assert len(errors) == 3 and all(e.startswith("error: ") for e in errors), errors
     assert "tflite" in errors[0] and "no quantized sites" in errors[2]
     assert not (tmp_path / "export" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("quantizers", [
+    {"post_softmax": partial(TwinUniformQuantizer), "post_gelu": partial(TwinUniformQuantizer, mode="gelu")},
+    {"post_softmax": partial(TwoScaleQuantizer), "post_gelu": partial(TwoScaleQuantizer, signed_fine=True)},
+], ids=["twin_uniform", "two_scale"])
+def test_two_region_sites_are_emulated_in_float(tiny_vit, tmp_path, quantizers):
+    q = calibrated(tiny_vit, 6, **quantizers)
+    model, report = export_vit(q, 32)
+    assert report.summary()["float_site_kinds"] == ["post_gelu", "post_softmax"]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = q(x).numpy()
+    assert np.abs(run_onnx(model, tmp_path, x) - expected).max() <= logit_step(q)

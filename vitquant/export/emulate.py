@@ -1,4 +1,4 @@
-"""Float emulation, in ONNX ops, of quantizers with no integer form (log2/log√2, SULQ).
+"""Float emulation, in ONNX ops, of quantizers with no integer form (log2/log√2, SULQ, two-region).
 
 These sites stay float in the graph — no integer GEMM reads them — but computing the same x̂ as the
 fake quantizer keeps the exported model's accuracy that of the fake-quant model. log2 is written as
@@ -7,10 +7,13 @@ ln(·)/ln 2 (ONNX has no Log2), so values at rounding boundaries may differ from
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from vitquant.export.graph import LN2, GraphBuilder
 from vitquant.quant.log import LogQuantizer
 from vitquant.quant.sulq import SULQuantizer
+from vitquant.quant.twin_uniform import TwinUniformQuantizer
+from vitquant.quant.two_scale import TwoRegionQuantizer, TwoScaleQuantizer
 
 
 def params(g: GraphBuilder, q, name: str, rank: int, hint: str) -> str:
@@ -47,4 +50,36 @@ def emulate_sulq(g: GraphBuilder, x: str, q: SULQuantizer, rank: int, hint: str)
     return g.op("Sub", [g.op("Pow", [g.const(2.0), exponent]), shift], f"{hint}_sulq")
 
 
-EMULATORS = {LogQuantizer: emulate_log, SULQuantizer: emulate_sulq}
+def region_threshold(q: TwoRegionQuantizer, s1: torch.Tensor) -> torch.Tensor:
+    """Smallest value in the coarse region: twin-uniform softmax 2^(b−1)·Δ_R1, GELU 0, V-2SF (hi₁+1)·S₁."""
+    if isinstance(q, TwinUniformQuantizer):
+        return q.half * s1 if q.mode == "softmax" else torch.zeros_like(s1)
+    if isinstance(q, TwoScaleQuantizer):
+        return q.boundary(s1)
+    raise TypeError(f"no region threshold known for {type(q).__name__}")
+
+
+def emulate_two_region(g: GraphBuilder, x: str, q: TwoRegionQuantizer, rank: int, hint: str) -> str:
+    """x̂ = where(x ≥ B, clip(round(x/S₂), range₂)·S₂, clip(round(x/S₁), range₁)·S₁)."""
+    shape = [1] * rank
+    if q.axis is not None and q.params()[0].numel() > 1:
+        shape[q.axis % rank] = q.params()[0].numel()
+    probe = torch.zeros(shape)
+    params = tuple(q.expand(p.detach().float(), probe) for p in q.params())
+    _, s1, range1, s2, range2 = q.regions(probe, *params)
+
+    def const(t: torch.Tensor, name: str) -> str:
+        return g.const(np.broadcast_to(t.detach().cpu().numpy(), shape).astype(np.float32), f"{hint}_{name}")
+
+    def region(scale: str, bounds: tuple[int, int]) -> str:
+        code = g.op("Clip", [g.op("Round", [g.op("Div", [x, scale])]), g.const(float(bounds[0])),
+                             g.const(float(bounds[1]))])
+        return g.op("Mul", [code, scale])
+
+    step1, step2 = const(s1, "s1"), const(s2, "s2")
+    flag = g.op("GreaterOrEqual", [x, const(region_threshold(q, s1), "boundary")])
+    return g.op("Where", [flag, region(step2, range2), region(step1, range1)], f"{hint}_two_region")
+
+
+EMULATORS = {LogQuantizer: emulate_log, SULQuantizer: emulate_sulq, TwinUniformQuantizer: emulate_two_region,
+             TwoScaleQuantizer: emulate_two_region}

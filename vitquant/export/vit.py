@@ -31,6 +31,7 @@ class ExportReport:
     emulated: dict[str, str] = field(default_factory=dict)   # float ops computing the fake-quant x̂
     unquantized: dict[str, str] = field(default_factory=dict)  # quantizer dropped: no float emulation either
     rounded_zero_points: list[str] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)  # site name -> site kind
 
     @property
     def deployable(self) -> bool:
@@ -39,7 +40,7 @@ class ExportReport:
 
     def summary(self) -> dict:
         def kinds(names):
-            return sorted({n.rsplit(".", 1)[-1] for n in names})
+            return sorted({self.kinds[n] for n in names})
         return {"deployable": self.deployable, "integer_sites": len(self.integer),
                 "float_sites": {**self.emulated, **self.unquantized},
                 "float_site_kinds": kinds([*self.emulated, *self.unquantized]),
@@ -67,6 +68,7 @@ class ViTExporter:
         if not active:
             return x
         name = self.site_names[id(site)]
+        self.report.kinds[name] = site.kind
         if form is not None:
             self.report.integer.append(name)
             if form.rounded_zero:
@@ -89,6 +91,7 @@ class ViTExporter:
             if self.quantize and site.quantizer is not None and site.enabled:
                 w = site(layer.weight).detach().float()  # non-uniform weights: their x̂, in float
                 self.report.emulated[self.site_names[id(site)]] = quantizer_name(site)
+                self.report.kinds[self.site_names[id(site)]] = site.kind
             value = w.t().contiguous() if transpose else w
             return self.g.const(value.numpy(), hint)
         self.report.integer.append(self.site_names[id(site)])
