@@ -32,6 +32,24 @@ from vitquant.quant.ste import needs_grad, round_ste
 INITS = ("minmax", "percentile", "mse")
 
 
+class UniformSTE(torch.autograd.Function):
+    """x̂ with the straight-through gradient, computed in place, with the values and the gradient of
+    the op-by-op graph: ∂x̂/∂x = where(qmin < round(x/Δ) + z < qmax, g·Δ, 0)/Δ, the products autograd
+    forms through mul, clamp (zero gradient at the bounds themselves), the STE add and div. Stores one
+    boolean mask instead of the float intermediates (reconstruction trains weights through this)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+        codes = torch.div(x, scale).round_().add_(zero)
+        ctx.save_for_backward((codes > qmin) & (codes < qmax), scale)
+        return codes.clamp_(qmin, qmax).sub_(zero).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        inside, scale = ctx.saved_tensors
+        return torch.where(inside, grad * scale, 0.0) / scale, None, None, None, None
+
+
 class UniformQuantizer(Quantizer):
     """Uniform fake quantizer (see module docstring for the formula)."""
 
@@ -77,6 +95,8 @@ class UniformQuantizer(Quantizer):
         """
         if not needs_grad(x, scale, zero):
             return torch.div(x, scale).round_().add_(zero).clamp_(self.qmin, self.qmax).sub_(zero).mul_(scale)
+        if not needs_grad(scale, zero):  # only x learns (weights in reconstruction): fused STE
+            return UniformSTE.apply(x, scale, zero, self.qmin, self.qmax)
         q = torch.clamp(round_ste(x / scale) + zero, self.qmin, self.qmax)
         return (q - zero) * scale
 
