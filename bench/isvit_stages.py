@@ -65,8 +65,9 @@ def quant_state(model: torch.nn.Module) -> str:
     return "W+A" if on == {True, False} else "W" if on == {True} else "A" if on == {False} else "FP"
 
 
-def diagnose(cfg: DictConfig) -> dict:
-    """Top-1 after each stage, per-unit reconstruction losses, and the end-site ablations."""
+def diagnose(cfg: DictConfig, per_stage: bool = True) -> dict:
+    """Top-1 after each stage (unless ``per_stage=False``), per-unit reconstruction losses, and the
+    end-site ablations."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     task = build_task(cfg.task, cfg.model, cfg.data)
@@ -82,10 +83,10 @@ def diagnose(cfg: DictConfig) -> dict:
         logged.clear()
         stage(qmodel, ctx)
         row = {"stage": stage_label(stage), "quantized": quant_state(qmodel),
-               "top1": task.evaluate(qmodel, device)["top1"],
+               "top1": task.evaluate(qmodel, device)["top1"] if per_stage else None,
                "unit_loss": {k.split("/")[1]: v for k, v in logged.items() if k.startswith("recon/")}}
         report["stages"].append(row)
-        print(f"{row['stage']:60s} {row['quantized']:4s} top-1 {row['top1']:.2f}", flush=True)
+        print(f"{row['stage']:60s} {row['quantized']:4s} top-1 {row['top1']}", flush=True)
     set_quant_state(qmodel, weights=True, activations=True)
     report["top1"] = task.evaluate(qmodel, device)["top1"]
     report["ablations"] = {}
@@ -109,13 +110,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--set", nargs="*", default=[], help="extra calibrate overrides (after the CPU budget)")
     ap.add_argument("--full", action="store_true", help="official budget instead of the plan entry's CPU budget")
+    ap.add_argument("--final-only", action="store_true", help="skip the evaluation after each stage")
     ap.add_argument("--out", type=Path, default=None, help="append the report as one JSON line")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     if reference_checkpoint(args.model) is None:
         raise SystemExit(f"error: no reference checkpoint for {args.model}; run `make reference`")
     budget = [] if args.full else next((list(e.cpu) for e in ENTRIES if e.name == args.method), [])
-    report = diagnose(compose_run(args.model, args.method, args.bits, args.seed, [*budget, *args.set]))
+    report = diagnose(compose_run(args.model, args.method, args.bits, args.seed, [*budget, *args.set]),
+                      per_stage=not args.final_only)
     report["overrides"] = args.set
     if args.out is not None:
         with args.out.open("a") as f:
