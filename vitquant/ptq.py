@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vitquant.config import bit_widths, resolve_device, validate_calibrate
+from vitquant.diagnostics import write_site_diagnostics
 from vitquant.engines.context import CalibContext
 from vitquant.errors import CoverageError
 from vitquant.io.atomic import write_json, write_text
@@ -62,6 +63,8 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
             raise CoverageError(f"{len(missing)} enabled quantization sites saw no data during calibration "
                                 f"(first: {missing[0]}); the model's forward bypasses them")
         check_calibrated(qmodel, recipe.name)
+        if cfg.get("diagnostics"):
+            write_site_diagnostics(qmodel, images[: cfg.diagnostics_images], device, out_dir, logger, run_name)
         fp_metrics = {"top1": None, "top5": None}
         with timer() as fp_eval:
             if cfg.eval_fp:
