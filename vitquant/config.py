@@ -84,8 +84,25 @@ def validate_calibrate(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
 
 
+def data_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The ``data.*`` keys an evaluate config sets (``conf/evaluate.yaml`` leaves the rest null)."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None}
+
+
+def evaluation_data(cfg: DictConfig, checkpoint_data: DictConfig) -> DictConfig:
+    """The data an evaluation uses: a chosen ``data=<name>`` group as it is, otherwise the checkpoint's
+    data with the command line's ``data.*`` keys on top (a moved data set needs only ``data.root=``)."""
+    if cfg.data.name is not None:
+        return cfg.data
+    return OmegaConf.merge(checkpoint_data, data_overrides(cfg))
+
+
 def validate_evaluate(cfg: DictConfig) -> None:
+    """Checkpoint, device and, where the command line names it, the data folder (the rest of the
+    data comes from the checkpoint and is checked once it is read)."""
     check_path(cfg.checkpoint, "checkpoint", "quantized checkpoint")
-    if cfg.get("data") is not None:
+    if cfg.data.name is not None:
         check_data(cfg)
+    else:
+        check_path(cfg.data.root, "data.root", "data folder")
     resolve_device(cfg.device)

@@ -1,8 +1,8 @@
 """Re-evaluate a quantized checkpoint: the function behind ``evaluate.py``.
 
 The model, method, policy and bits come from the checkpoint (so the exact quantized model is
-rebuilt); data (by default the checkpoint's own), task options, device and logger come from the
-command line.
+rebuilt); data (by default the checkpoint's own, with any ``data.*`` key of the command line on
+top), task options, device and logger come from the command line.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vitquant.config import bit_widths, resolve_device, validate_evaluate
+from vitquant.config import bit_widths, check_data, evaluation_data, resolve_device, validate_evaluate
 from vitquant.io.atomic import write_json
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import load_quantized_state, read_quantized
@@ -40,7 +40,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     logger = RunLogger(cfg.logger, OmegaConf.to_container(cfg, resolve=True), str(out_dir),
                        f"eval-{run_cfg.model.name}-{run_cfg.method.name}-w{run_cfg.w_bits}a{run_cfg.a_bits}")
     try:
-        data_cfg = cfg.data if cfg.get("data") is not None else run_cfg.data
+        data_cfg = evaluation_data(cfg, run_cfg.data)
+        check_data(OmegaConf.create({"data": data_cfg}))
         task = build_task(cfg.task, run_cfg.model, data_cfg)
         qmodel = rebuild_quantized(run_cfg, state, cfg.checkpoint, task).to(device)
         with timer() as t:

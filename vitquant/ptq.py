@@ -1,7 +1,7 @@
 """Post-training quantization of one model: the function behind ``calibrate.py``.
 
 build task → float model → quant twin with the method's quantizers on the policy's sites →
-method stages on calibration images → coverage check → evaluate FP and quantized → write
+method stages on calibration images → coverage and finiteness checks → evaluate FP and quantized → write
 ``quantized.pt``, ``config.yaml`` and, last, ``metrics.json`` (all atomically).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from vitquant.io.atomic import write_json, write_text
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import save_quantized
 from vitquant.methods.recipe import Recipe
+from vitquant.models.finite import check_calibrated
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import uncalibrated_sites
 from vitquant.runtime import peak_memory_mb, seed_everything, timer
@@ -61,6 +62,7 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         if missing:
             raise CoverageError(f"{len(missing)} enabled quantization sites saw no data during calibration "
                                 f"(first: {missing[0]}); the model's forward bypasses them")
+        check_calibrated(qmodel, recipe.name)
         if cfg.get("diagnostics"):
             write_site_diagnostics(qmodel, images[: cfg.diagnostics_images], device, out_dir, logger, run_name)
         fp_metrics = {"top1": None, "top5": None}
