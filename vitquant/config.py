@@ -55,6 +55,18 @@ def check_data(cfg: DictConfig) -> None:
             if not (Path(data.root) / split).is_dir():
                 raise UserError(f"data.root={data.root} has no '{split}' folder "
                                 f"(expected {data.root}/{split}/<class>/*); set data.root to the dataset root")
+    elif data.format == "coco":
+        check_coco(data, {"val", *(["train"] if "method" in cfg else [])})
+
+
+def check_coco(data: DictConfig, splits: set[str]) -> None:
+    """COCO layout: ``root/<split>_ann`` (json) and ``root/<split>_images`` (folder) for each split."""
+    check_path(data.root, "data.root", "data folder")
+    for split in sorted(splits):
+        for key, is_ok in ((f"{split}_ann", Path.is_file), (f"{split}_images", Path.is_dir)):
+            if not is_ok(Path(data.root) / data[key]):
+                raise UserError(f"data.{key}={data[key]}: not found under data.root={data.root}; "
+                                "set data.root to the COCO root (annotations/, train2017/, val2017/)")
 
 
 def resolve_device(name: str) -> torch.device:
