@@ -48,7 +48,7 @@ def load_detector_checkpoint(net: nn.Module, path: str | Path) -> nn.Module:
     if not any(k.startswith("backbone.") for k in state):
         raise CheckpointError(f"checkpoint {path} has no backbone.* keys: it is a classification or backbone-only "
                               "checkpoint (e.g. patch_embed.proj.weight), not a detector/segmentor; pass the "
-                              "whole model's weights (official Swin-Transformer-Object-Detection .pth or make reference)")
+                              "whole model's weights (official Swin-Transformer-Object-Detection .pth, make reference)")
     state = convert_official_swin(state)
     check_state_dict(state, net, path)
     net.load_state_dict(state, strict=True)
