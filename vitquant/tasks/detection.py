@@ -93,6 +93,8 @@ class DetectionTask:
         ann_file = str(Path(self.data_cfg["root"]) / self.data_cfg["val_ann"])
         evaluator = Evaluator(dict(type="CocoMetric", ann_file=ann_file, metric=self.metrics, format_only=False))
         evaluator.dataset_meta = val.metainfo
+        # CocoMetric scores every image of the annotation file unless told otherwise (max_eval_images)
+        evaluator.metrics[0].img_ids = [val.get_data_info(i)["img_id"] for i in range(len(val))]
         loader = DataLoader(val, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=pseudo_collate,
                             sampler=DefaultSampler(val, shuffle=False))
         raw = run_evaluator(model, loader, evaluator, len(val), torch.device(device))
