@@ -50,10 +50,15 @@ def load_mm_config(model_cfg: Mapping[str, Any], package: str):
     if overrides:
         cfg.merge_from_dict(dict(overrides), allow_list_keys=True)
     kwargs = plain(model_cfg.get("kwargs")) or {}
-    backbone = TimmSwin(str(model_cfg["arch"]), **kwargs)  # only to read the widths (cheap at build time)
+    widths = TimmSwin(str(model_cfg["arch"]), **kwargs).channels  # built only to read the widths
     cfg.model.backbone = dict(type="TimmSwin", arch=str(model_cfg["arch"]), **kwargs)
     if "neck" in cfg.model and "in_channels" in cfg.model.neck:
-        cfg.model.neck.in_channels = list(backbone.channels)
+        cfg.model.neck.in_channels = list(widths)
+    else:  # mmseg: the heads read the backbone directly, at ``in_index``
+        for head in (cfg.model.get(k) for k in ("decode_head", "auxiliary_head")):
+            if head is not None and "in_index" in head:
+                index = head.in_index
+                head.in_channels = widths[index] if isinstance(index, int) else [widths[i] for i in index]
     return cfg
 
 
@@ -116,11 +121,14 @@ def build_dataset(dataset_cfg: Mapping[str, Any], registry_package: str):
 
 @torch.no_grad()
 def preprocess(net: nn.Module, dataset, ids: Iterable[int]) -> torch.Tensor:
-    """Images ``ids`` of ``dataset`` (its pipeline), normalised and padded to one batch, on CPU."""
+    """Images ``ids`` of ``dataset`` (its pipeline), normalised and zero-padded (bottom/right, as the
+    mm preprocessors pad) to one batch, on CPU. One image at a time: mmseg's test preprocessing
+    refuses a batch of different sizes."""
     from mmengine.dataset import pseudo_collate
 
-    batch = pseudo_collate([dataset[i] for i in ids])
-    return net.data_preprocessor(batch, False)["inputs"].cpu()
+    images = [net.data_preprocessor(pseudo_collate([dataset[i]]), False)["inputs"][0].cpu() for i in ids]
+    h, w = max(x.shape[-2] for x in images), max(x.shape[-1] for x in images)
+    return torch.stack([nn.functional.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2])) for x in images])
 
 
 @torch.no_grad()  # not inference_mode: quantizer buffers must stay usable by autograd later

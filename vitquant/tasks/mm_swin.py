@@ -67,6 +67,8 @@ class TimmSwin(nn.Module):
             self.add_module(f"norm{i}", nn.LayerNorm(self.channels[i]))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ph, pw = self.patch_embed.patch_size  # official Swin: pad the image to a multiple of the patch
+        x = nn.functional.pad(x, (0, (pw - x.shape[-1] % pw) % pw, 0, (ph - x.shape[-2] % ph) % ph))
         x = self.patch_embed(x)  # NHWC
         outs = []
         for i, layer in enumerate(self.layers):
