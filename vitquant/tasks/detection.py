@@ -20,7 +20,15 @@ from torch import nn
 from vitquant.data.calibration import calibration_ids
 from vitquant.errors import UserError
 from vitquant.tasks.mm_checkpoint import load_detector_checkpoint
-from vitquant.tasks.mm_common import MMModel, build_dataset, load_mm_config, preprocess, run_evaluator, set_resize
+from vitquant.tasks.mm_common import (
+    MMModel,
+    build_dataset,
+    load_mm_config,
+    preprocess,
+    require,
+    run_evaluator,
+    set_resize,
+)
 
 AP_KEYS = {"mAP": "mAP", "AP50": "mAP_50", "AP75": "mAP_75"}  # ours -> CocoMetric's suffix
 
@@ -35,6 +43,7 @@ class DetectionTask:
     def __init__(self, model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], metrics: Sequence[str] = ("bbox",),
                  batch_size: int = 1, num_workers: int = 0, max_eval_images: int | None = None,
                  image_scale: Sequence[int] | None = None, quantize_heads: bool = False) -> None:
+        require("mmdet")
         from mmdet.utils import register_all_modules
 
         register_all_modules(init_default_scope=True)

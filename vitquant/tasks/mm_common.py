@@ -21,6 +21,16 @@ from vitquant.errors import UserError
 from vitquant.tasks.mm_swin import TimmSwin, register
 
 
+def require(package: str) -> None:
+    """One-line error when the optional mm stack is missing."""
+    import importlib
+
+    try:
+        importlib.import_module(package)
+    except ImportError as e:
+        raise UserError(f"this task needs {package} ({e}); install the mm stack with `make setup-mm`") from None
+
+
 def plain(value: Any) -> Any:
     return OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else value
 

@@ -16,7 +16,15 @@ from torch import nn
 
 from vitquant.data.calibration import calibration_ids
 from vitquant.tasks.mm_checkpoint import load_detector_checkpoint
-from vitquant.tasks.mm_common import MMModel, build_dataset, load_mm_config, preprocess, run_evaluator, set_resize
+from vitquant.tasks.mm_common import (
+    MMModel,
+    build_dataset,
+    load_mm_config,
+    preprocess,
+    require,
+    run_evaluator,
+    set_resize,
+)
 
 METRICS = ("mIoU", "aAcc", "mAcc")
 
@@ -27,6 +35,7 @@ class SegmentationTask:
     def __init__(self, model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], batch_size: int = 1,
                  num_workers: int = 0, max_eval_images: int | None = None, image_scale: list[int] | None = None,
                  quantize_heads: bool = False) -> None:
+        require("mmseg")
         from mmseg.utils import register_all_modules
 
         register_all_modules(init_default_scope=True)
