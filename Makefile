@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup setup-mm demo test test-all bench reference lint clean
+.PHONY: setup setup-mm demo test test-all bench reference lint clean report
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,10 @@ test-all: setup  ## everything, slow end-to-end runs included
 
 bench: setup  ## quality/speed benchmark on the CIFAR reference models -> bench/results/
 	$(BIN)/python -m bench.quality $(BENCH_ARGS)
+
+report: setup  ## table + plots of a sweep: make report SWEEP="multirun/<time> [more dirs]" [REPORT_ARGS=--metric=top1]
+	@test -n "$(SWEEP)" || { echo "error: give SWEEP=<sweep or run folders>"; exit 2; }
+	$(BIN)/python -m vitquant.report $(SWEEP) $(REPORT_ARGS)
 
 reference: setup  ## train missing CIFAR reference models into the cache (recipe of shared/models)
 	$(BIN)/python -m bench.references

@@ -22,8 +22,16 @@ def at_most_bits(bits: int, limit: int, low_bits_value: Any, high_bits_value: An
     return low_bits_value if int(bits) <= int(limit) else high_bits_value
 
 
+def local_batch(launcher_target: str, jobs: Any) -> int | None:
+    """``hydra.sweeper.max_batch_size``: N jobs at a time under submitit's local launcher (it would start every job
+    of a sweep at once), unbounded (None) under any other launcher (Slurm queues them itself)."""
+    return int(jobs) if launcher_target.endswith(".LocalLauncher") else None
+
+
 if not OmegaConf.has_resolver("vq.at_most_bits"):
     OmegaConf.register_new_resolver("vq.at_most_bits", at_most_bits)
+if not OmegaConf.has_resolver("vq.local_batch"):
+    OmegaConf.register_new_resolver("vq.local_batch", local_batch)
 
 
 def bit_widths(cfg: DictConfig) -> BitWidths:

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from vitquant.config import bit_widths, resolve_device, validate_calibrate
+from vitquant.diagnostics import write_site_diagnostics
 from vitquant.engines.context import CalibContext
 from vitquant.errors import CoverageError
 from vitquant.io.atomic import write_json, write_text
@@ -65,6 +66,8 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         if missing:
             raise CoverageError(f"{len(missing)} enabled quantization sites saw no data during calibration "
                                 f"(first: {missing[0]}); the model's forward bypasses them")
+        if cfg.get("diagnostics"):
+            write_site_diagnostics(qmodel, images[: cfg.diagnostics_images], device, out_dir, logger, run_name)
         keys = metric_keys(task)
         fp_metrics = dict.fromkeys(keys)
         with timer() as fp_eval:

@@ -3,13 +3,19 @@
 W&B is best effort: without credentials an ``online`` run falls back to ``offline``; any W&B
 failure (import, init, network) degrades to local logging with one warning and never stops a
 calibration. ``finish`` runs in a ``finally`` so sequential multirun jobs never merge runs.
+
+Runs of one sweep share a W&B group (``logger.group``, else the multirun sweep folder's name) and
+carry tags from the run's choices (``method:isvit model:deit_small bits:w4a4 policy:default seed:0``),
+so a sweep is one filterable set in the W&B UI. Offline runs live in ``<run dir>/wandb/`` and are
+uploaded later with ``wandb sync <run dir>/wandb/offline-run-*``.
 """
 from __future__ import annotations
 
 import logging
 import netrc
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("vitquant")
@@ -24,8 +30,39 @@ def wandb_credentials_available() -> bool:
         return False
 
 
+def sweep_group(cfg: Mapping[str, Any]) -> str | None:
+    """``logger.group`` if set, else the sweep folder's name under a Hydra multirun, else None (single run).
+
+    Read from ``HydraConfig`` in code rather than a ``${hydra:...}`` interpolation, which fails under the
+    compose API (tests, notebooks); there, and in any single run, the fallback is no group.
+    """
+    if cfg.get("group"):
+        return str(cfg.get("group"))
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            return Path(str(HydraConfig.get().sweep.dir)).name
+    except Exception:  # noqa: BLE001 - a missing or partial Hydra config just means "no sweep"
+        pass
+    return None
+
+
+def run_tags(run_config: Mapping[str, Any], extra: Sequence[str] = ()) -> list[str]:
+    """Tags from the run's choices (method, model, bits, policy, seed), then the user's ``logger.tags``."""
+    def name(key: str) -> Any:
+        value = run_config.get(key)
+        return value.get("name") if isinstance(value, Mapping) else value
+
+    choices = {"method": name("method"), "model": name("model"), "policy": name("policy"), "seed": name("seed")}
+    if run_config.get("w_bits") is not None:
+        choices["bits"] = f"w{run_config['w_bits']}a{run_config.get('a_bits')}"
+    return [f"{k}:{v}" for k, v in choices.items() if v is not None] + [str(t) for t in extra]
+
+
 class RunLogger:
-    """Log scalars and summaries for one run; ``cfg`` is the ``logger`` config group."""
+    """Log scalars, summaries and tables for one run; ``cfg`` is the ``logger`` config group."""
 
     def __init__(self, cfg: Mapping[str, Any], run_config: dict[str, Any], run_dir: str, run_name: str) -> None:
         self.run = None
@@ -39,9 +76,10 @@ class RunLogger:
             return
         try:
             import wandb
-            self.run = wandb.init(project=cfg.get("project"), entity=cfg.get("entity"), group=cfg.get("group"),
-                                  tags=list(cfg.get("tags") or []), config=run_config, dir=run_dir,
-                                  name=run_name, mode=mode, reinit="finish_previous")
+            self.run = wandb.init(project=cfg.get("project"), entity=cfg.get("entity"), group=sweep_group(cfg),
+                                  tags=run_tags(run_config, list(cfg.get("tags") or [])), config=run_config,
+                                  dir=run_dir, name=run_name, mode=mode, reinit="finish_previous")
+            log.info("W&B %s run %s, group %s, tags %s", mode, run_name, self.run.group, ",".join(self.run.tags))
         except Exception as e:  # noqa: BLE001 - any W&B failure must not stop the run
             log.warning("W&B unavailable (%s); logging locally only", str(e).splitlines()[0] if str(e) else e)
             self.run = None
@@ -61,6 +99,17 @@ class RunLogger:
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         self._safe(lambda m: self.run.summary.update(m), dict(metrics))
+
+    def table(self, key: str, columns: Sequence[str], rows: Sequence[Sequence[Any]], image: str | None = None) -> None:
+        """Log a table (and optionally a PNG next to it) under ``key``; local files are the caller's job."""
+        def send() -> None:
+            import wandb
+            payload = {key: wandb.Table(columns=list(columns), data=[list(r) for r in rows])}
+            if image is not None:
+                payload[f"{key}_plot"] = wandb.Image(image)
+            self.run.log(payload)
+
+        self._safe(send)
 
     def finish(self) -> None:
         self._safe(lambda: self.run.finish())
