@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup setup-mm demo test test-all bench reference lint clean report
+.PHONY: setup setup-mm demo test test-all bench bench-speed bench-qat reference lint clean report
 
 setup: $(VENV)/.installed
 
@@ -38,6 +38,12 @@ test-all: setup  ## everything, slow end-to-end runs included
 bench: setup  ## quality/speed benchmark on the CIFAR reference models -> bench/results/
 	$(BIN)/python -m bench.quality $(BENCH_ARGS)
 
+bench-speed: setup  ## FP32 PyTorch / FP32 ORT / INT8 ORT latency, throughput, sizes -> bench/results/speed.*
+	$(BIN)/python -m bench.speed $(BENCH_ARGS)
+
+bench-qat: setup  ## QAT benchmark (LSQ vs VVTQ + ablations, CIFAR ViT, W2A2/W3A3) -> bench/results/qat.{json,md}
+	$(BIN)/python -m bench.qat $(BENCH_ARGS)
+
 report: setup  ## table + plots of a sweep: make report SWEEP="multirun/<time> [more dirs]" [REPORT_ARGS=--metric=top1]
 	@test -n "$(SWEEP)" || { echo "error: give SWEEP=<sweep or run folders>"; exit 2; }
 	$(BIN)/python -m vitquant.report $(SWEEP) $(REPORT_ARGS)
@@ -48,7 +54,7 @@ reference: setup  ## train missing CIFAR reference models into the cache (recipe
 	else echo "reference detector skipped: run make setup-mm first"; fi
 
 lint: setup
-	$(BIN)/python -m ruff check vitquant tests bench calibrate.py evaluate.py
+	$(BIN)/python -m ruff check vitquant tests bench calibrate.py evaluate.py train.py soft_labels.py export.py
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache

@@ -168,7 +168,7 @@ def search(t: Target, searched: QuantSite, cands: list[Params], device: torch.de
             apply(searched.quantizer, params)
             y_hat = t.output(searched.quantizer.quantize(x), fixed) if searched is t.site \
                 else t.output(fixed, searched.quantizer.quantize(o))
-            errors[i] += (g2 * (y_hat - y).pow(2)).sum().double()
+            errors[i] += y_hat.sub_(y).square_().mul_(g2).sum().double()  # in place: y_hat is fresh
     best = int(errors.argmin())
     apply(searched.quantizer, cands[best])
     return float(errors[best])

@@ -113,8 +113,9 @@ class _StopForward(Exception):
 
 @torch.no_grad()
 def capture(model: nn.Module, unit: nn.Module, images: torch.Tensor, batch_size: int,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inputs and outputs of ``unit`` while ``model`` runs on ``images``, concatenated on CPU."""
+            device: torch.device, raw: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs and outputs of ``unit`` while ``model`` runs on ``images``, concatenated on CPU
+    (outputs as ``unit_output`` gives them, or as the unit returns them with ``raw``)."""
     inputs, outputs = [], []
 
     def hook(module: nn.Module, args: tuple, kwargs: dict, output: torch.Tensor) -> None:
@@ -122,7 +123,7 @@ def capture(model: nn.Module, unit: nn.Module, images: torch.Tensor, batch_size:
             raise NotImplementedError(f"{type(module).__name__} was called with extra arguments; "
                                       "reconstruction caches a single input tensor")
         inputs.append(args[0].detach().cpu())
-        outputs.append(unit_output(module, output.detach()).cpu())
+        outputs.append((output if raw else unit_output(module, output)).detach().cpu())
         raise _StopForward
 
     handle = unit.register_forward_hook(hook, with_kwargs=True)
@@ -139,20 +140,53 @@ def capture(model: nn.Module, unit: nn.Module, images: torch.Tensor, batch_size:
 
 @dataclass
 class UnitData:
-    """Cached samples of one unit (CPU): inputs, FP targets, FP inputs when QDrop mixes them in."""
+    """Cached samples of one unit (CPU): inputs, FP targets, FP inputs when QDrop mixes them in.
+
+    ``fp_outputs`` is the FP unit's raw output (``targets`` before Swin's NHWC flattening): when the
+    next unit is this one's successor in an ``nn.Sequential``, it is the next unit's FP input.
+    """
 
     inputs: torch.Tensor
     targets: torch.Tensor
     fp_inputs: torch.Tensor | None = None
+    fp_outputs: torch.Tensor | None = None
+
+
+def successor(previous: str | None, name: str, model: nn.Module) -> bool:
+    """``name`` directly follows ``previous`` in the same ``nn.Sequential`` (``blocks.3`` after ``blocks.2``),
+    so its input is exactly the previous unit's output: no forward from the start of the model is needed."""
+    if previous is None or "." not in name or "." not in previous:
+        return False
+    (parent, index), (prev_parent, prev_index) = name.rsplit(".", 1), previous.rsplit(".", 1)
+    return (parent == prev_parent and index.isdigit() and prev_index.isdigit() and int(index) == int(prev_index) + 1
+            and isinstance(model.get_submodule(parent), nn.Sequential))
+
+
+@torch.no_grad()
+def run_unit(unit: nn.Module, inputs: torch.Tensor, batch_size: int, device: torch.device) -> torch.Tensor:
+    """``unit`` applied to cached ``inputs`` batch by batch (the batches ``capture`` used), on CPU."""
+    return torch.cat([unit(batch.to(device)).cpu() for batch in inputs.split(batch_size)])
 
 
 def cache_unit(model: nn.Module, name: str, unit: nn.Module, ctx: CalibContext, images: torch.Tensor,
-               batch_size: int, input_source: str, mix_inputs: bool) -> UnitData:
-    fp_inputs, targets = capture(ctx.fp_model, ctx.fp_model.get_submodule(name), images, batch_size, ctx.device)
-    if input_source == "fp":
-        return UnitData(fp_inputs, targets)
-    inputs, _ = capture(model, unit, images, batch_size, ctx.device)
-    return UnitData(inputs, targets, fp_inputs if mix_inputs else None)
+               batch_size: int, input_source: str, mix_inputs: bool, previous: tuple[str, nn.Module, UnitData]
+               | None = None) -> UnitData:
+    """Inputs and FP targets of one unit. With ``previous`` = (name, unit, data) of the unit just
+    reconstructed, a successor's inputs come from the previous unit's cached data (its FP output;
+    the quantized unit re-applied to its quantized inputs) instead of a forward from the model's
+    start for every unit — O(units) instead of O(units²) block evaluations, the same values."""
+    fp_unit = ctx.fp_model.get_submodule(name)
+    if previous is not None and successor(previous[0], name, model) and previous[2].fp_outputs is not None:
+        _, prev_unit, prev = previous
+        fp_inputs = prev.fp_outputs
+        fp_outputs = run_unit(fp_unit, fp_inputs, batch_size, ctx.device)
+        inputs = fp_inputs if input_source == "fp" else run_unit(prev_unit, prev.inputs, batch_size, ctx.device)
+    else:
+        fp_inputs, fp_outputs = capture(ctx.fp_model, fp_unit, images, batch_size, ctx.device, raw=True)
+        inputs = fp_inputs if input_source == "fp" else capture(model, unit, images, batch_size, ctx.device)[0]
+    targets = unit_output(fp_unit, fp_outputs)
+    mixed = fp_inputs if input_source != "fp" and mix_inputs else None
+    return UnitData(inputs, targets, mixed, fp_outputs)
 
 
 # ----------------------------------------------------------------------------- what is trained
@@ -229,14 +263,17 @@ def reconstruct_blocks(model: nn.Module, ctx: CalibContext, iters: int = 1000, b
     model.requires_grad_(False)
     bar = tqdm(total=len(units) * iters, desc="reconstruction", disable=None if progress else True)
     try:
+        previous = None
         for index, (name, unit) in enumerate(units):
             bar.set_description(f"recon {name}")
-            data = cache_unit(model, name, unit, ctx, images, batch_size, input_source, drop_prob > 0)
+            data = cache_unit(model, name, unit, ctx, images, batch_size, input_source, drop_prob > 0, previous)
+            previous = None  # the previous unit's data is no longer needed: free it before optimising
             loss = optimise_unit(unit, data, ctx, seed=ctx.seed + index, iters=iters, batch_size=batch_size,
                                  lr=lr, drop_prob=drop_prob, learn_act_scales=learn_act_scales, act_lr=act_lr,
                                  round_mode=round_mode, round_loss_weight=round_loss_weight, b_range=b_range,
                                  warmup=warmup, bar=bar)
             ctx.log({f"recon/{name}/loss": loss})
+            previous = (name, unit, data)
     finally:
         bar.close()
         for p in model.parameters():

@@ -46,6 +46,7 @@ class QuantSite(nn.Module):
         self.is_end = is_end
         self.enabled = True
         self.quantizer: Quantizer | None = None
+        self._cached: tuple[tuple, torch.Tensor] | None = None  # (cache key, x̂) of a frozen weight
 
     @property
     def is_weight(self) -> bool:
@@ -54,10 +55,35 @@ class QuantSite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.quantizer is None or not self.enabled:
             return x
-        return self.quantizer(x)
+        if not self.is_weight or self.training or torch.is_grad_enabled():
+            self._cached = None
+            return self.quantizer(x)
+        key = self.cache_key(x)
+        if self._cached is None or not same_key(self._cached[0], key):
+            self._cached = (key, self.quantizer(x))
+        return self._cached[1]
+
+    def cache_key(self, weight: torch.Tensor) -> tuple:
+        """What a frozen weight's x̂ depends on: the weight and every quantizer tensor (identity and
+        version counter, which in-place updates — optimiser steps, ``copy_``, ``load_state_dict`` —
+        bump), the quantizer object and its structural state (bits, granularity)."""
+        tensors = (weight, *self.quantizer.parameters(), *self.quantizer.buffers())
+        extra = self.quantizer.get_extra_state() if isinstance(self.quantizer, Quantizer) else None
+        return self.quantizer, extra, tuple((t, t._version) for t in tensors)
+
+    def train(self, mode: bool = True) -> QuantSite:
+        self._cached = None
+        return super().train(mode)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}" + (", end" if self.is_end else "") + ("" if self.enabled else ", disabled")
+
+
+def same_key(a: tuple, b: tuple) -> bool:
+    """Cache keys are equal: same quantizer object and state, same tensors (by identity) at the same versions."""
+    (qa, ea, ta), (qb, eb, tb) = a, b
+    return qa is qb and ea == eb and len(ta) == len(tb) and all(
+        x is y and vx == vy for (x, vx), (y, vy) in zip(ta, tb))
 
 
 def site_name(module_path: str) -> str:

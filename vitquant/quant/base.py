@@ -45,6 +45,8 @@ class Quantizer(nn.Module):
         self.seed = seed
         self.calibrating = False
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready: tuple[torch.Tensor, int] | None = None  # (flag tensor, its version) last seen True
+        self._derived: dict[str, tuple[tuple, Any]] = {}  # name -> (key, value), see ``derived``
 
     # ----------------------------------------------------------------- layout helpers
     @property
@@ -78,8 +80,34 @@ class Quantizer(nn.Module):
         """Fake-quantize ``x`` with the current parameters (differentiable through STE)."""
         raise NotImplementedError
 
+    def is_ready(self) -> bool:
+        """``bool(initialized)``, read from the tensor only when it changed since it was last True.
+
+        Reading a flag on the accelerator is a host sync on every call; the buffer's identity and
+        version counter (bumped by ``fill_``/``copy_``/``load_state_dict``) say whether it changed.
+        """
+        flag = self.initialized
+        if self._ready is not None and self._ready[0] is flag and self._ready[1] == flag._version:
+            return True
+        ready = bool(flag)
+        self._ready = (flag, flag._version) if ready else None
+        return ready
+
+    def derived(self, name: str, tensors: tuple[torch.Tensor, ...], extra: Any, compute) -> Any:
+        """``compute()``, memoised until one of ``tensors`` is replaced or modified in place (identity
+        and version counter) or ``extra`` (plain settings such as bits) changes: values derived from
+        frozen parameters (clamp bounds) are then computed once, not on every forward."""
+        key = (extra, tuple((t, t._version) for t in tensors))
+        hit = self._derived.get(name)
+        if hit is not None and hit[0][0] == extra and all(
+                a is b and va == vb for (a, va), (b, vb) in zip(hit[0][1], key[1])):
+            return hit[1]
+        value = compute()
+        self._derived[name] = (key, value)
+        return value
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not bool(self.initialized):
+        if not self.is_ready():
             if not self.calibrating:
                 raise RuntimeError(f"{type(self).__name__} used before calibration; run a method's "
                                    "range-initialisation stage (or load a quantized checkpoint) first")

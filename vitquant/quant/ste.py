@@ -10,8 +10,19 @@ from __future__ import annotations
 import torch
 
 
+def needs_grad(*tensors: torch.Tensor) -> bool:
+    """Whether autograd will track an op on ``tensors`` (else the STE detour is wasted work)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def round_ste(x: torch.Tensor) -> torch.Tensor:
-    """Round to nearest with an identity (straight-through) gradient."""
+    """Round to nearest with an identity (straight-through) gradient.
+
+    Without autograd this is plain ``round(x)``: bit-identical, since r − x is exact for the
+    integer r nearest x (|r − x| ≤ ½ and r is a multiple of x's ulp) and so x + (r − x) = r.
+    """
+    if not needs_grad(x):
+        return torch.round(x)
     return x + (torch.round(x) - x).detach()
 
 

@@ -27,9 +27,27 @@ import torch
 
 from vitquant.quant.base import Quantizer
 from vitquant.quant.stats import least_error, quantile_rows
-from vitquant.quant.ste import round_ste
+from vitquant.quant.ste import needs_grad, round_ste
 
 INITS = ("minmax", "percentile", "mse")
+
+
+class UniformSTE(torch.autograd.Function):
+    """x̂ with the straight-through gradient, computed in place, with the values and the gradient of
+    the op-by-op graph: ∂x̂/∂x = where(qmin < round(x/Δ) + z < qmax, g·Δ, 0)/Δ, the products autograd
+    forms through mul, clamp (zero gradient at the bounds themselves), the STE add and div. Stores one
+    boolean mask instead of the float intermediates (reconstruction trains weights through this)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+        codes = torch.div(x, scale).round_().add_(zero)
+        ctx.save_for_backward((codes > qmin) & (codes < qmax), scale)
+        return codes.clamp_(qmin, qmax).sub_(zero).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        inside, scale = ctx.saved_tensors
+        return torch.where(inside, grad * scale, 0.0) / scale, None, None, None, None
 
 
 class UniformQuantizer(Quantizer):
@@ -70,12 +88,44 @@ class UniformQuantizer(Quantizer):
         return scale.clamp_min(1e-8), zero
 
     def fake_quant(self, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-        """x̂ = (clamp(round(x/Δ) + z, qmin, qmax) − z)·Δ with broadcastable Δ, z."""
+        """x̂ = (clamp(round(x/Δ) + z, qmin, qmax) − z)·Δ with broadcastable Δ, z.
+
+        Without autograd the same operations run in place on one buffer (evaluation is
+        memory-bound: six passes over one tensor instead of eight allocations), bit-identically.
+        """
+        if not needs_grad(x, scale, zero):
+            return torch.div(x, scale).round_().add_(zero).clamp_(self.qmin, self.qmax).sub_(zero).mul_(scale)
+        if not needs_grad(scale, zero):  # only x learns (weights in reconstruction): fused STE
+            return UniformSTE.apply(x, scale, zero, self.qmin, self.qmax)
         q = torch.clamp(round_ste(x / scale) + zero, self.qmin, self.qmax)
         return (q - zero) * scale
 
+    def frozen_params(self) -> tuple[torch.Tensor | float, ...] | None:
+        """(Δ, qmin − z, qmax − z) for evaluation when every z is an integer, else None; memoised
+        until the parameters change.
+
+        With integral z, clamp(r + z, qmin, qmax) − z = clamp(r, qmin − z, qmax − z) exactly (small
+        integers are exact in float; only the sign of a zero can differ), which saves two passes over
+        the activation. Per-tensor values become Python floats: ops with 0-dim tensors are slower
+        (a 0-dim clamp bound took 9× a float's time here) and give the same float32 result.
+        """
+        def compute():
+            z, scale = self.zero_point.detach(), self.scale.detach()
+            if not bool((z == torch.round(z)).all()):
+                return None
+            lo, hi = self.qmin - z, self.qmax - z
+            if z.numel() == 1 and scale.numel() == 1:
+                return float(scale), float(lo), float(hi)
+            return scale, lo, hi
+        return self.derived("frozen_params", (self.scale, self.zero_point), (self.bits, self.symmetric), compute)
+
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fake_quant(x, self.expand(self.scale, x), self.expand(self.zero_point, x))
+        scale, zero = self.expand(self.scale, x), self.expand(self.zero_point, x)
+        frozen = None if needs_grad(x, scale, zero) else self.frozen_params()
+        if frozen is None:
+            return self.fake_quant(x, scale, zero)
+        step, lo, hi = (p if isinstance(p, float) else self.expand(p, x) for p in frozen)
+        return torch.div(x, step).round_().clamp_(lo, hi).mul_(step)
 
     # ----------------------------------------------------------------- calibration
     def candidate_ranges(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,0 +1,129 @@
+"""Integer ONNX export: ORT matches fake quantization, float sites are listed, bad input is one line."""
+import copy
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+from vitquant.engines.context import CalibContext
+from vitquant.engines.range_init import init_ranges
+from vitquant.methods.recipe import BitWidths, Recipe
+from vitquant.models.twin import to_quant_twin
+from vitquant.quant.sulq import SULQuantizer
+from vitquant.quant.twin_uniform import TwinUniformQuantizer
+from vitquant.quant.two_scale import TwoScaleQuantizer
+from vitquant.quant.uniform import UniformQuantizer
+
+pytest.importorskip("onnxruntime")
+from vitquant.export.onnx_runtime import session  # noqa: E402
+from vitquant.export.vit import export_vit  # noqa: E402
+
+DEFAULT_KINDS = ["post_ln", "q", "k", "v", "post_softmax", "attn_out", "post_gelu", "linear_in", "weight"]
+
+
+def calibrated(fp, bits: int, kinds=DEFAULT_KINDS, **quantizers):
+    factories = {"weight": partial(UniformQuantizer, granularity="channel", init="percentile"),
+                 "activation": partial(UniformQuantizer, init="percentile"), **quantizers}
+    recipe = Recipe("t", factories, [init_ranges], n_calib=8)
+    q = to_quant_twin(copy.deepcopy(fp))
+    recipe.attach(q, list(kinds), BitWidths(bits, bits, bits, bits))
+    recipe.calibrate(q, CalibContext(fp, torch.randn(8, 3, 32, 32), "cpu", 0))
+    return q.eval()
+
+
+def run_onnx(model, tmp_path, x: torch.Tensor) -> np.ndarray:
+    import onnx
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    return session(str(path)).run(None, {"images": x.numpy()})[0]
+
+
+def logit_step(q) -> float:
+    """The logit change when every element of the classifier input is one quantization step off:
+    Δ_in · max_k ‖W_k‖₁. Integer accumulation (ORT) and float accumulation (fake quant) round
+    differently, so codes at rounding ties may flip by one step in the layers before the head."""
+    head = q.head
+    return float(head.input_site.quantizer.scale.max() * head.weight.detach().abs().sum(1).max())
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_onnx_runtime_matches_fake_quant_within_one_step(tiny_vit, tmp_path, bits):
+    q, x = calibrated(tiny_vit, bits), torch.randn(6, 3, 32, 32)
+    model, report = export_vit(q, 32)
+    assert report.deployable and not report.summary()["float_sites"]
+    with torch.no_grad():
+        expected = q(x).numpy()
+    got = run_onnx(model, tmp_path, x)
+    assert np.abs(got - expected).max() <= logit_step(q), np.abs(got - expected).max()
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    int8 = [t for t in model.graph.initializer if t.data_type in (2, 3)]  # uint8 / int8 weights
+    assert len(int8) >= 4 * 2 + 2, "weights are stored as 8-bit initializers"
+    assert bits == 8 or "Clip" in ops, "below 8 bits the codes are clipped to the b-bit range"
+
+
+def test_log_domain_softmax_site_stays_float_and_is_listed(tiny_vit, tmp_path):
+    q = calibrated(tiny_vit, 6, post_softmax=partial(SULQuantizer))
+    model, report = export_vit(q, 32)
+    summary = report.summary()
+    assert not summary["deployable"]
+    assert set(summary["float_sites"]) == {f"blocks.{i}.attn.post_softmax" for i in range(2)}
+    assert set(summary["float_sites"].values()) == {"SULQuantizer/6b"}
+    assert summary["float_site_kinds"] == ["post_softmax"]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = q(x).numpy()
+    assert np.abs(run_onnx(model, tmp_path, x) - expected).max() <= logit_step(q)
+
+
+def test_float_export_matches_the_float_model(tiny_vit, tmp_path):
+    q = calibrated(tiny_vit, 8)
+    model, report = export_vit(q, 32, quantize=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = tiny_vit(x).numpy()
+    np.testing.assert_allclose(run_onnx(model, tmp_path, x), expected, atol=1e-4)
+    assert not report.integer
+
+
+def test_bad_input_is_one_error_line(tiny_run, capsys, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from vitquant.cli import CONF_DIR, EXIT_USER_ERROR, guarded, preflight
+    from vitquant.export.run import run_export, validate_export
+    from vitquant.ptq import run_calibration
+
+    fp_run = tiny_run("method=fp", out="fp")
+    run_calibration(fp_run)
+    checkpoint = f"{fp_run.out_dir}/quantized.pt"
+    for argv in ([f"checkpoint={checkpoint}", "format=tflite"], ["checkpoint=/nowhere.pt"]):
+        with pytest.raises(SystemExit) as exit_info:
+            preflight("export", validate_export, argv)
+        assert exit_info.value.code == EXIT_USER_ERROR
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("export", overrides=[f"checkpoint={checkpoint}", "task.num_workers=0"])
+    with open_dict(cfg):
+        cfg.out_dir = str(tmp_path / "export")
+    with pytest.raises(SystemExit) as exit_info:
+        guarded(run_export)(cfg)
+    assert exit_info.value.code == EXIT_USER_ERROR
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert len(errors) == 3 and all(e.startswith("error: ") for e in errors), errors
+    assert "tflite" in errors[0] and "no quantized sites" in errors[2]
+    assert not (tmp_path / "export" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize("quantizers", [
+    {"post_softmax": partial(TwinUniformQuantizer), "post_gelu": partial(TwinUniformQuantizer, mode="gelu")},
+    {"post_softmax": partial(TwoScaleQuantizer), "post_gelu": partial(TwoScaleQuantizer, signed_fine=True)},
+], ids=["twin_uniform", "two_scale"])
+def test_two_region_sites_are_emulated_in_float(tiny_vit, tmp_path, quantizers):
+    q = calibrated(tiny_vit, 6, **quantizers)
+    model, report = export_vit(q, 32)
+    assert report.summary()["float_site_kinds"] == ["post_gelu", "post_softmax"]
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = q(x).numpy()
+    assert np.abs(run_onnx(model, tmp_path, x) - expected).max() <= logit_step(q)

@@ -1,0 +1,43 @@
+"""train.py bad inputs: one ``error:`` line, exit code 2, nothing written."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tiny_qat import train_args
+
+from vitquant.cli import preflight
+from vitquant.qat.config import validate_train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tiny_train_args(image_folder) -> list[str]:
+    return train_args(image_folder)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("bits=1", "w_bits=1 is out of range"),
+    ("a_bits=9", "a_bits=9 is out of range"),
+    ("teacher.checkpoint=/nonexistent/teacher.pth", "teacher.checkpoint=/nonexistent/teacher.pth: teacher checkpoint"),
+    ("qat.epochs=0", "qat.epochs=0 must be a positive integer"),
+])
+def test_preflight_rejects_bad_options(override, message, tiny_train_args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        preflight("train", validate_train, [*tiny_train_args, override])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_init_that_is_not_a_quantized_checkpoint(tiny_train_args, tmp_path):
+    bogus = tmp_path / "weights.pt"
+    bogus.write_bytes(b"not a checkpoint")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "train.py", *tiny_train_args, f"init={bogus}",
+                           f"hydra.run.dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not a vitquant quantized checkpoint" in lines[0]
+    assert not out.exists()

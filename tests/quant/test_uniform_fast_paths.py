@@ -1,0 +1,29 @@
+"""The in-place evaluation path and the fused STE give the values and gradients of the op-by-op graph."""
+import pytest
+import torch
+
+from vitquant.quant.ste import round_ste
+from vitquant.quant.uniform import UniformQuantizer
+
+
+def reference(q: UniformQuantizer, x: torch.Tensor) -> torch.Tensor:
+    s, z = q.expand(q.scale, x), q.expand(q.zero_point, x)
+    return (torch.clamp(round_ste(x / s) + z, q.qmin, q.qmax) - z) * s
+
+
+@pytest.mark.parametrize("granularity, shape, symmetric", [("tensor", (4, 17, 24), False),
+                                                           ("channel", (24, 40), False), ("channel", (24, 40), True)])
+def test_fast_paths_equal_the_graph(granularity, shape, symmetric):
+    q = UniformQuantizer(4, granularity=granularity, channel_dim=0 if len(shape) == 2 else -1, symmetric=symmetric)
+    q.init_from(torch.randn(shape) * 0.7)
+    x, g = torch.randn(shape, requires_grad=True), torch.randn(shape)
+    y = q(x)  # fused STE (only x needs a gradient)
+    y.backward(g)
+    fused_grad, x.grad = x.grad.clone(), None
+    expected = reference(q, x)
+    expected.backward(g)
+    assert torch.equal(y, expected) and torch.equal(fused_grad, x.grad)
+    with torch.no_grad():  # evaluation path
+        assert torch.equal(q(x), expected)
+    q.make_learnable("scale")  # a learnable scale takes the op-by-op graph
+    assert q(x).grad_fn is not None and torch.equal(q(x), expected)

@@ -1,0 +1,68 @@
+"""Export a quantized checkpoint: the function behind ``export.py``.
+
+checkpoint → rebuilt fake-quant model → ONNX graph (``vit.export_vit``) → ``model.onnx`` →
+optionally top-1 of ONNX Runtime and of the fake-quant model on the evaluation set →
+``metrics.json`` with which sites are integer and which stayed float (``deployable``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from vitquant.errors import UserError
+from vitquant.evaluation import rebuild_quantized
+from vitquant.io.atomic import atomic_write, write_json
+from vitquant.io.quantized_checkpoint import read_quantized
+from vitquant.nn.site import quantized_sites
+from vitquant.ptq import build_task
+from vitquant.runtime import timer
+
+log = logging.getLogger("vitquant")
+FORMATS = ("onnx",)
+
+
+def validate_export(cfg: DictConfig) -> None:
+    from vitquant.config import validate_evaluate
+
+    if cfg.format not in FORMATS:
+        raise UserError(f"format={cfg.format} is not supported; valid: {', '.join(FORMATS)}")
+    validate_evaluate(cfg)
+
+
+def run_export(cfg: DictConfig) -> dict[str, Any]:
+    validate_export(cfg)
+    import onnx
+
+    from vitquant.export.onnx_runtime import OrtClassifier
+    from vitquant.export.vit import export_vit
+
+    run_cfg, state, _ = read_quantized(cfg.checkpoint)
+    data_cfg = cfg.data if cfg.get("data") is not None else run_cfg.data
+    task = build_task(cfg.task, run_cfg.model, data_cfg)
+    qmodel = rebuild_quantized(run_cfg, state, cfg.checkpoint, task).eval()
+    if not any(True for _ in quantized_sites(qmodel)):
+        raise UserError(f"checkpoint={cfg.checkpoint} has no quantized sites (method={run_cfg.method.name}); "
+                        "export a checkpoint of a quantization method")
+    model, report = export_vit(qmodel, int(run_cfg.model.input.size))
+    out_dir = Path(cfg.out_dir)
+    path = atomic_write(out_dir / "model.onnx", lambda tmp: onnx.save(model, tmp))
+    metrics: dict[str, Any] = {"model": run_cfg.model.name, "method": run_cfg.method.name,
+                               "w_bits": run_cfg.w_bits, "a_bits": run_cfg.a_bits, "format": cfg.format,
+                               "onnx": str(path), "onnx_bytes": path.stat().st_size, **report.summary()}
+    if cfg.verify:
+        with timer() as t:
+            metrics["top1_onnx"] = task.evaluate(OrtClassifier(str(path)), "cpu")["top1"]
+        metrics["onnx_eval_seconds"] = t["seconds"]
+        metrics["top1_fakequant"] = task.evaluate(qmodel, "cpu")["top1"]
+        metrics["top1_gap"] = round(metrics["top1_onnx"] - metrics["top1_fakequant"], 4)
+    write_json(out_dir / "metrics.json", metrics)
+    floats = ", ".join(f"{k} ({v})" for k, v in sorted(metrics["float_sites"].items())[:6]) or "none"
+    log.info("export %s %s W%sA%s -> %s: deployable=%s, %d integer sites, float sites: %s%s",
+             run_cfg.model.name, run_cfg.method.name, run_cfg.w_bits, run_cfg.a_bits, path,
+             metrics["deployable"], metrics["integer_sites"], floats,
+             "" if not cfg.verify else f"; top-1 ONNX {metrics['top1_onnx']:.2f} vs fake-quant "
+                                       f"{metrics['top1_fakequant']:.2f}")
+    return metrics

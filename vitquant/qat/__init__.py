@@ -1,0 +1,1 @@
+"""Quantization-aware training: loop, distillation losses, variation regularizer, resume state."""

@@ -1,0 +1,31 @@
+"""Checks on a composed ``train.yaml`` config before anything is loaded (one-line errors)."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from vitquant.config import bit_widths, check_data, check_path, check_policy, resolve_device
+from vitquant.errors import UserError
+
+RESUME_MODES = ("auto", "never")
+
+
+def validate_train(cfg: DictConfig) -> None:
+    bit_widths(cfg)
+    check_policy(cfg)
+    check_data(cfg)
+    check_path(cfg.model.checkpoint, "model.checkpoint", "checkpoint file")
+    check_path(cfg.teacher.get("checkpoint"), "teacher.checkpoint", "teacher checkpoint")
+    check_path(cfg.init, "init", "quantized checkpoint to fine-tune")
+    check_path(cfg.soft_labels.dir, "soft_labels.dir", "soft-label folder")
+    if cfg.resume not in RESUME_MODES:
+        raise UserError(f"resume={cfg.resume} is not one of {', '.join(RESUME_MODES)}")
+    q = cfg.qat
+    for key in ("epochs", "batch_size", "n_crops"):
+        if not isinstance(q[key], int) or q[key] < 1:
+            raise UserError(f"qat.{key}={q[key]} must be a positive integer")
+    if q.lr <= 0:
+        raise UserError(f"qat.lr={q.lr} must be positive")
+    max_train = cfg.data.get("max_train_images")
+    if max_train is not None and (not isinstance(max_train, int) or max_train < 1):
+        raise UserError(f"data.max_train_images={max_train} must be a positive integer or null")
+    resolve_device(cfg.device)
