@@ -63,6 +63,26 @@ def check_data(cfg: DictConfig) -> None:
             if not (Path(data.root) / split).is_dir():
                 raise UserError(f"data.root={data.root} has no '{split}' folder "
                                 f"(expected {data.root}/{split}/<class>/*); set data.root to the dataset root")
+    elif data.format in LAYOUTS:
+        check_layout(data, {"val", *(["train"] if "method" in cfg else [])})
+
+
+LAYOUTS = {  # format -> (key suffix, is a file) of what each split needs under data.root
+    "coco": (("ann", True), ("images", False)),        # annotations/instances_*.json, train2017/
+    "mmseg": (("images", False), ("masks", False)),   # images/training/, annotations/training/
+}
+
+
+def check_layout(data: DictConfig, splits: set[str]) -> None:
+    """The files/folders of ``LAYOUTS[data.format]`` exist under ``data.root`` for each split."""
+    check_path(data.root, "data.root", "data folder")
+    for split in sorted(splits):
+        for suffix, is_file in LAYOUTS[data.format]:
+            key = f"{split}_{suffix}"
+            path = Path(data.root) / data[key]
+            if not (path.is_file() if is_file else path.is_dir()):
+                raise UserError(f"data.{key}={data[key]}: {'file' if is_file else 'folder'} not found under "
+                                f"data.root={data.root}; set data.root to the {data.name} root")
 
 
 def resolve_device(name: str) -> torch.device:

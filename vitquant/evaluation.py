@@ -17,7 +17,7 @@ from vitquant.io.atomic import write_json
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import load_quantized_state, read_quantized
 from vitquant.models.quantize import quantized_twin
-from vitquant.ptq import build_recipe, build_task
+from vitquant.ptq import build_recipe, build_task, metric_keys
 from vitquant.runtime import timer
 
 log = logging.getLogger("vitquant")
@@ -48,11 +48,11 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
             metrics = task.evaluate(qmodel, device)
         out = {"task": cfg.task.name, "model": run_cfg.model.name, "method": run_cfg.method.name,
                "policy": run_cfg.policy.name, "w_bits": run_cfg.w_bits, "a_bits": run_cfg.a_bits,
-               "top1": metrics["top1"], "top5": metrics["top5"], "n_eval_images": metrics["n_images"],
+               **{k: metrics[k] for k in metric_keys(task)}, "n_eval_images": metrics["n_images"],
                "eval_seconds": t["seconds"], "checkpoint": str(cfg.checkpoint), "n_calib": len(calib_ids)}
         write_json(out_dir / "metrics.json", out)
         logger.summary(out)
-        log.info("%s: top-1 %.2f top-5 %.2f", cfg.checkpoint, out["top1"], out["top5"])
+        log.info("%s: %s", cfg.checkpoint, ", ".join(f"{k} {out[k]:.2f}" for k in metric_keys(task)))
         return out
     finally:
         logger.finish()

@@ -132,3 +132,14 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     _check_finite(state, model, path)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensor state dict in the file at ``path`` (read safely, training wrappers removed)."""
+    path = Path(path)
+    return _unwrap(_read(path), path)
+
+
+def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, path: str | Path) -> None:
+    """One-line :class:`CheckpointError` unless ``state`` has exactly ``model``'s keys and shapes."""
+    _check(state, model, Path(path))
