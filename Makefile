@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup demo test test-all bench bench-speed bench-qat reference lint clean report
+.PHONY: setup setup-mm demo test test-all bench bench-speed bench-qat reference lint clean report
 
 setup: $(VENV)/.installed
 
@@ -15,6 +15,16 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
+
+# Detection/segmentation stack (mmcv 2.1.0 with ops, mmengine, mmdet, mmseg) next to the project's torch; see
+# scripts/setup_mm.sh. MM_WHEELS=<folder> MM_WHEELS_TORCH=<torch.__version__ they were built for> offers prebuilt
+# mmcv wheels (e.g. ../shared/wheels); otherwise mmcv is built from source once (about an hour on 2 cores) and
+# cached in $(MM_CACHE).
+MM_WHEELS       ?=
+MM_WHEELS_TORCH ?=
+MM_CACHE        ?= $(HOME)/.cache/vitquant/wheels
+setup-mm: setup
+	MM_WHEELS="$(MM_WHEELS)" MM_WHEELS_TORCH="$(MM_WHEELS_TORCH)" MM_CACHE="$(MM_CACHE)" scripts/setup_mm.sh $(BIN)/python
 
 demo: setup  ## train (first time) and quantize the embedded demo model, print a table
 	$(BIN)/python -m vitquant.demo
@@ -40,6 +50,8 @@ report: setup  ## table + plots of a sweep: make report SWEEP="multirun/<time> [
 
 reference: setup  ## train missing CIFAR reference models into the cache (recipe of shared/models)
 	$(BIN)/python -m bench.references
+	@if $(BIN)/python -c "import mmdet" 2>/dev/null; then $(BIN)/python -m bench.detection_reference; \
+	else echo "reference detector skipped: run make setup-mm first"; fi
 
 lint: setup
 	$(BIN)/python -m ruff check vitquant tests bench calibrate.py evaluate.py train.py soft_labels.py export.py

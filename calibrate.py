@@ -11,7 +11,8 @@ from vitquant.config import validate_calibrate
 def main(cfg: DictConfig) -> float:
     from vitquant.ptq import run_calibration
 
-    return run_calibration(cfg)["top1"]
+    metrics = run_calibration(cfg)
+    return metrics[metrics.get("primary_metric", "top1")]
 
 
 if __name__ == "__main__":

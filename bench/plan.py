@@ -43,6 +43,9 @@ ENTRIES = [
     Entry("isvit(no exp. rounding)", "isvit", (6, 4, 3),
           cpu=(*CPU_RECON, "method.quantizers.post_softmax.round_exponent=false"),
           full=("method.quantizers.post_softmax.round_exponent=false",), budget=CPU_BUDGET),
+    Entry("isvit(log√2 softmax)", "isvit", (4, 3),
+          cpu=(*CPU_RECON, "quantizer@method.quantizers.post_softmax=logsqrt2"),
+          full=("quantizer@method.quantizers.post_softmax=logsqrt2",), budget=CPU_BUDGET),
     Entry("qdrop", "qdrop", (6, 4, 3), {3: THREE, 4: THREE}, cpu=tuple(CPU_RECON), budget=CPU_BUDGET),
     Entry("aiqvit", "aiqvit", (4, 3), {3: THREE}, cpu=tuple(CPU_RECON), budget=CPU_BUDGET),
     *(Entry(f"aiqvit({label})", "aiqvit", (4, 3), cpu=(*CPU_RECON, switch), full=(switch,), budget=CPU_BUDGET)

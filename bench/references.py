@@ -1,7 +1,8 @@
 """Where the CIFAR-10 reference FP checkpoints are: ``$VITQUANT_SHARED/models`` or the cache.
 
 ``make reference`` fills the cache for any model missing from shared/, by running the recipe
-script that ships beside the shared checkpoints (``train_reference.py``, see its README).
+script that ships beside the shared checkpoints (``train_reference.py``, see its README), or, for
+an architecture that script cannot build, ``bench/train_reference.py`` (same recipe).
 """
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ CACHE = Path(os.environ.get("VITQUANT_CACHE", Path.home() / ".cache" / "vitquant
 REFERENCES = {
     "vit_cifar": ("vit_cifar10.safetensors", ["--arch", "vit", "--epochs", "4", "--bs", "256", "--lr", "2e-3"]),
     "swin_cifar": ("swin_cifar10.safetensors", ["--arch", "swin", "--epochs", "4", "--bs", "256", "--lr", "1.5e-3"]),
+    "vit_cifar_nofinalnorm": ("vit_cifar10_nofinalnorm.safetensors", ["--epochs", "6", "--bs", "256", "--lr", "2e-3"]),
 }
+# Architectures the shared script cannot build (described by their model config instead): trained
+# with the same recipe by bench/train_reference.py.
+PROJECT_RECIPE = {"vit_cifar_nofinalnorm"}
 
 
 def cifar_root() -> Path:
@@ -44,8 +49,10 @@ def main() -> None:
             sys.exit(f"error: cannot train {model}: need {script} and {cifar_root()} (set VITQUANT_SHARED)")
         CACHE.mkdir(parents=True, exist_ok=True)
         print(f"{model}: training with the shared recipe (about 35 minutes) -> {CACHE / name}", flush=True)
-        subprocess.run([sys.executable, str(script), "--data", str(cifar_root()), "--out", str(CACHE / name),
-                        "--threads", "1", *args], check=True)
+        trainer = ["-m", "bench.train_reference", "--model", model] if model in PROJECT_RECIPE \
+            else [str(script), "--data", str(cifar_root())]
+        subprocess.run([sys.executable, *trainer, "--out", str(CACHE / name), "--threads", "1", *args],
+                       cwd=REPO, check=True)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,16 @@ def test_experiment_composes_with_its_sweep(experiment):
     assert "deit_small" in cfg.hydra.sweeper.params.model and cfg.model.pretrained
 
 
+@pytest.mark.parametrize("experiment", ["isvit_coco", "repqvit_coco"])
+def test_coco_experiment_composes_with_its_sweep(experiment):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("calibrate", overrides=[f"experiment={experiment}", "model=cascade_mask_rcnn_swin_small"],
+                      return_hydra_config=True)
+    assert cfg.method.name == experiment.split("_")[0] and cfg.task.name == "instance_segmentation"
+    assert cfg.model.checkpoint == "weights/cascade_mask_rcnn_swin_small_patch4_window7.pth"
+    assert "mask_rcnn_swin_tiny" in cfg.hydra.sweeper.params.model
+
+
 def calibrate_presets() -> list[str]:
     """Every experiment preset whose one command is a ``calibrate.py -m`` sweep."""
     return sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml") if "calibrate.py -m" in p.read_text())

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from vitquant.errors import UserError
 from vitquant.evaluation import rebuild_quantized, run_evaluation
 from vitquant.io.quantized_checkpoint import read_quantized
-from vitquant.ptq import build_task, run_calibration
+from vitquant.ptq import build_recipe, build_task, run_calibration
 
 OUTPUTS = {"config.yaml", "metrics.json", "quantized.pt", "calib_ids.json"}
 METRIC_KEYS = {"task", "model", "method", "w_bits", "a_bits", "top1", "top5", "fp_top1", "n_calib",
@@ -87,3 +87,45 @@ def test_wandb_offline_logger_never_needs_network(tiny_run, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "disabled")
     metrics = run_calibration(tiny_run("logger=wandb"))
     assert "top1" in metrics
+
+
+def test_checkpoint_with_nan_weight_is_refused_before_anything_is_written(tiny_run, tmp_path):
+    from timm.models.vision_transformer import VisionTransformer
+    state = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=3).state_dict()
+    state["blocks.0.attn.qkv.weight"][1, 2] = float("nan")
+    path = tmp_path / "nan.safetensors"
+    save_file(state, str(path))
+    cfg = tiny_run(f"model.checkpoint={path}")
+    with pytest.raises(UserError, match=r"non-finite weights: blocks\.0\.attn\.qkv\.weight \(1 NaN"):
+        run_calibration(cfg)
+    assert not (Path(cfg.out_dir) / "quantized.pt").exists()
+
+
+def test_diverged_stage_names_the_site_and_writes_nothing(tiny_run, monkeypatch):
+    import vitquant.ptq as ptq
+
+    def diverging(method_cfg):
+        recipe = build_recipe(method_cfg)
+        site = "blocks.1.attn.proj.input_site"
+        recipe.stages.append(lambda model, ctx: model.get_submodule(site).quantizer.scale.fill_(float("nan")))
+        return recipe
+
+    monkeypatch.setattr(ptq, "build_recipe", diverging)
+    cfg = tiny_run("method=minmax", "bits=4")
+    with pytest.raises(UserError, match=r"minmax diverged: site blocks\.1\.attn\.proj\.input: quantizer scale"):
+        run_calibration(cfg)
+    assert not (Path(cfg.out_dir) / "quantized.pt").exists()
+
+
+def test_evaluate_moved_data_with_data_root_only(tiny_run, image_folder, tmp_path):
+    cfg = tiny_run("method=minmax", "bits=4")
+    metrics = run_calibration(cfg)
+    moved = image_folder.rename(tmp_path / "moved")
+    eval_cfg = tiny_run(f"checkpoint={Path(cfg.out_dir) / 'quantized.pt'}", f"data.root={moved}",
+                        "task.num_workers=0", name="evaluate", out="eval")
+    again = run_evaluation(eval_cfg)
+    assert again["top1"] == metrics["top1"] and again["n_eval_images"] == metrics["n_eval_images"]
+    stale = tiny_run(f"checkpoint={Path(cfg.out_dir) / 'quantized.pt'}", "task.num_workers=0", name="evaluate",
+                     out="eval2")
+    with pytest.raises(UserError, match="data.root"):  # the checkpoint's own root is gone
+        run_evaluation(stale)

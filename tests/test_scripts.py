@@ -30,6 +30,13 @@ def test_calibrate_then_evaluate_cli(image_folder, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["top1"] == metrics["top1"]
 
+    # the data set moved: data.root alone, no data=<name>
+    moved = image_folder.rename(tmp_path / "moved")
+    proc = run("evaluate.py", "checkpoint=run/quantized.pt", f"data.root={moved}", "task.num_workers=0",
+               "hydra.run.dir=eval2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "eval2" / "metrics.json").read_text())["top1"] == metrics["top1"]
+
 
 def test_multirun_sweep_writes_one_folder_per_job(image_folder, tmp_path):
     proc = run("calibrate.py", "-m", *TINY_RUN, f"data.root={image_folder}", "method=minmax,percentile",
@@ -55,4 +62,17 @@ def test_error_found_during_the_run_removes_its_folder(image_folder, tmp_path):
                "hydra.run.dir=out", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ")
     assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_nan_weight_checkpoint_is_one_line_naming_the_tensor(image_folder, tmp_path):
+    from safetensors.torch import save_file
+    from timm.models.vision_transformer import VisionTransformer
+    state = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=3).state_dict()
+    state["blocks.0.attn.qkv.weight"][0, 0] = float("nan")
+    save_file(state, str(tmp_path / "nan.safetensors"))
+    proc = run("calibrate.py", *TINY_RUN, f"data.root={image_folder}", "model.checkpoint=nan.safetensors",
+               "hydra.run.dir=out", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "blocks.0.attn.qkv.weight" in proc.stderr
     assert not (tmp_path / "out").exists()

@@ -63,6 +63,26 @@ def check_data(cfg: DictConfig) -> None:
             if not (Path(data.root) / split).is_dir():
                 raise UserError(f"data.root={data.root} has no '{split}' folder "
                                 f"(expected {data.root}/{split}/<class>/*); set data.root to the dataset root")
+    elif data.format in LAYOUTS:
+        check_layout(data, {"val", *(["train"] if "method" in cfg else [])})
+
+
+LAYOUTS = {  # format -> (key suffix, is a file) of what each split needs under data.root
+    "coco": (("ann", True), ("images", False)),        # annotations/instances_*.json, train2017/
+    "mmseg": (("images", False), ("masks", False)),   # images/training/, annotations/training/
+}
+
+
+def check_layout(data: DictConfig, splits: set[str]) -> None:
+    """The files/folders of ``LAYOUTS[data.format]`` exist under ``data.root`` for each split."""
+    check_path(data.root, "data.root", "data folder")
+    for split in sorted(splits):
+        for suffix, is_file in LAYOUTS[data.format]:
+            key = f"{split}_{suffix}"
+            path = Path(data.root) / data[key]
+            if not (path.is_file() if is_file else path.is_dir()):
+                raise UserError(f"data.{key}={data[key]}: {'file' if is_file else 'folder'} not found under "
+                                f"data.root={data.root}; set data.root to the {data.name} root")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,8 +104,25 @@ def validate_calibrate(cfg: DictConfig) -> None:
     resolve_device(cfg.device)
 
 
+def data_overrides(cfg: DictConfig) -> dict[str, Any]:
+    """The ``data.*`` keys an evaluate config sets (``conf/evaluate.yaml`` leaves the rest null)."""
+    return {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None}
+
+
+def evaluation_data(cfg: DictConfig, checkpoint_data: DictConfig) -> DictConfig:
+    """The data an evaluation uses: a chosen ``data=<name>`` group as it is, otherwise the checkpoint's
+    data with the command line's ``data.*`` keys on top (a moved data set needs only ``data.root=``)."""
+    if cfg.data.name is not None:
+        return cfg.data
+    return OmegaConf.merge(checkpoint_data, data_overrides(cfg))
+
+
 def validate_evaluate(cfg: DictConfig) -> None:
+    """Checkpoint, device and, where the command line names it, the data folder (the rest of the
+    data comes from the checkpoint and is checked once it is read)."""
     check_path(cfg.checkpoint, "checkpoint", "quantized checkpoint")
-    if cfg.get("data") is not None:
+    if cfg.data.name is not None:
         check_data(cfg)
+    else:
+        check_path(cfg.data.root, "data.root", "data folder")
     resolve_device(cfg.device)

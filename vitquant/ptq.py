@@ -1,7 +1,7 @@
 """Post-training quantization of one model: the function behind ``calibrate.py``.
 
 build task → float model → quant twin with the method's quantizers on the policy's sites →
-method stages on calibration images → coverage check → evaluate FP and quantized → write
+method stages on calibration images → coverage and finiteness checks → evaluate FP and quantized → write
 ``quantized.pt``, ``config.yaml`` and, last, ``metrics.json`` (all atomically).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from vitquant.io.atomic import write_json, write_text
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import save_quantized
 from vitquant.methods.recipe import Recipe
+from vitquant.models.finite import check_calibrated
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import uncalibrated_sites
 from vitquant.runtime import peak_memory_mb, seed_everything, timer
@@ -32,6 +33,11 @@ def build_task(task_cfg: DictConfig, model_cfg: DictConfig, data_cfg: DictConfig
     """Instantiate the task config (its ``name`` is bookkeeping, not a constructor argument)."""
     options = {k: v for k, v in task_cfg.items() if k != "name"}
     return instantiate(options, model_cfg=model_cfg, data_cfg=data_cfg, _convert_="all")
+
+
+def metric_keys(task) -> list[str]:
+    """The task's quality metrics, primary first (classification: top1, top5; detection: COCO AP)."""
+    return list(getattr(task, "metric_keys", ("top1", "top5")))
 
 
 def build_recipe(method_cfg: DictConfig) -> Recipe:
@@ -62,9 +68,11 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         if missing:
             raise CoverageError(f"{len(missing)} enabled quantization sites saw no data during calibration "
                                 f"(first: {missing[0]}); the model's forward bypasses them")
+        check_calibrated(qmodel, recipe.name)
         if cfg.get("diagnostics"):
             write_site_diagnostics(qmodel, images[: cfg.diagnostics_images], device, out_dir, logger, run_name)
-        fp_metrics = {"top1": None, "top5": None}
+        keys = metric_keys(task)
+        fp_metrics = dict.fromkeys(keys)
         with timer() as fp_eval:
             if cfg.eval_fp:
                 fp_metrics = task.evaluate(fp_model, device)
@@ -73,20 +81,22 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         metrics = {
             "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "policy": cfg.policy.name,
             "w_bits": bits.w, "a_bits": bits.a, "end_bits": bits.end_w, "end_a_bits": bits.end_a,
-            "top1": q_metrics["top1"], "top5": q_metrics["top5"],
-            "fp_top1": fp_metrics["top1"], "fp_top5": fp_metrics["top5"], "n_eval_images": q_metrics["n_images"],
+            **{k: q_metrics[k] for k in keys}, **{f"fp_{k}": fp_metrics[k] for k in keys},
+            "n_eval_images": q_metrics["n_images"],
             "n_calib": recipe.n_calib, "calib_seconds": calib["seconds"], "eval_seconds": q_eval["seconds"],
             "fp_eval_seconds": fp_eval["seconds"] if cfg.eval_fp else None, "peak_memory_mb": peak_memory_mb(device),
             "seed": cfg.seed, "device": str(device), **ctx.metrics,
         }
+        if keys[0] != "top1":  # classification's keys stay as they were
+            metrics["primary_metric"] = keys[0]
         save_quantized(out_dir / "quantized.pt", qmodel, OmegaConf.create(run_config), calib_ids)
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(run_config))
         write_json(out_dir / "calib_ids.json", calib_ids)
         write_json(out_dir / "metrics.json", metrics)
         logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         logger.summary(metrics)
-        log.info("%s %s W%dA%d: top-1 %.2f (FP %s), calibration %.1fs -> %s", cfg.model.name, cfg.method.name,
-                 bits.w, bits.a, metrics["top1"], metrics["fp_top1"], metrics["calib_seconds"], out_dir)
+        log.info("%s %s W%dA%d: %s %.2f (FP %s), calibration %.1fs -> %s", cfg.model.name, cfg.method.name,
+                 bits.w, bits.a, keys[0], metrics[keys[0]], metrics[f"fp_{keys[0]}"], metrics["calib_seconds"], out_dir)
         return metrics
     finally:
         logger.finish()

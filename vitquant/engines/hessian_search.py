@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vitquant.engines.context import CalibContext
+from vitquant.errors import UserError
 from vitquant.nn.linear import QuantLinear
 from vitquant.nn.site import QuantSite, iter_sites, set_quant_state
 from vitquant.quant.base import Quantizer
@@ -115,7 +116,11 @@ def collect(model: nn.Module, targets: list[Target], ctx: CalibContext, images: 
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size].to(ctx.device)
         with torch.no_grad():
-            labels = ctx.fp_model(batch).argmax(-1)
+            logits = ctx.fp_model(batch)
+        if not torch.is_tensor(logits) or logits.dim() != 2:  # detection/segmentation: feature maps, no classes
+            raise UserError("method ptq4vit guides its search with the cross-entropy of a classifier's logits; this "
+                            "model returns no logits (detection/segmentation), so use another method")
+        labels = logits.argmax(-1)
         with torch.enable_grad():
             logits = model(batch.clone().requires_grad_(True))  # every activation then carries a graph
             loss = F.cross_entropy(logits, labels, reduction="sum")

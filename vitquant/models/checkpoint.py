@@ -16,7 +16,9 @@ What is accepted, in order:
 4. ``pos_embed`` of another grid (checkpoint trained at another resolution) is resampled to the
    model's patch grid with ``timm.layers.resample_abs_pos_embed``; the class/distillation tokens
    (``num_prefix_tokens``, none when ``no_embed_class``) are kept, not interpolated.
-5. Strict ``load_state_dict``. Any remaining difference is a one-line :class:`CheckpointError`
+5. Every floating tensor must be finite: a NaN/Inf weight is named (first in module order) instead
+   of calibrating silently to chance accuracy.
+6. Strict ``load_state_dict``. Any remaining difference is a one-line :class:`CheckpointError`
    naming the path, the first differing keys (or the first key whose shape differs, with both
    shapes) and the fix.
 """
@@ -33,6 +35,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from vitquant.errors import UserError
+from vitquant.models.finite import first_nonfinite
 
 WRAPPER_KEYS = ("model", "state_dict", "model_ema")
 KEY_PREFIXES = ("module.", "_orig_mod.")
@@ -113,11 +116,30 @@ def _check(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None
                                   "check model.arch and model.kwargs against the checkpoint")
 
 
+def _check_finite(state: dict[str, torch.Tensor], model: nn.Module, path: Path) -> None:
+    bad = first_nonfinite((key, state[key]) for key in model.state_dict())
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} has non-finite weights: {bad}; the file is damaged or "
+                              "its training diverged, use an earlier or re-downloaded checkpoint")
+
+
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
     """Load the weights at ``path`` into ``model`` in place (strict); returns ``model``."""
     path = Path(path)
     state = _convert_layout(_unwrap(_read(path), path), model)
     _resize_pos_embed(state, model)
     _check(state, model, path)
+    _check_finite(state, model, path)
     model.load_state_dict(state, strict=True)
     return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensor state dict in the file at ``path`` (read safely, training wrappers removed)."""
+    path = Path(path)
+    return _unwrap(_read(path), path)
+
+
+def check_state_dict(state: dict[str, torch.Tensor], model: nn.Module, path: str | Path) -> None:
+    """One-line :class:`CheckpointError` unless ``state`` has exactly ``model``'s keys and shapes."""
+    _check(state, model, Path(path))

@@ -42,7 +42,17 @@ def check_supported(model: nn.Module) -> None:
 
 
 def to_quant_twin(model: nn.Module) -> nn.Module:
-    """Replace quantizable modules of ``model`` by their twins (in place) and return it."""
+    """Replace quantizable modules of ``model`` by their twins (in place) and return it.
+
+    A model with a ``quant_scope()`` method (a detector: its backbone) has only those submodules
+    converted; the rest stays float.
+    """
+    for scope in model.quant_scope() if hasattr(model, "quant_scope") else [model]:
+        _twin_modules(scope)
+    return model
+
+
+def _twin_modules(model: nn.Module) -> None:
     check_supported(model)
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     patch_proj = getattr(getattr(model, "patch_embed", None), "proj", None)
@@ -59,4 +69,3 @@ def to_quant_twin(model: nn.Module) -> nn.Module:
         for name, child in list(parent.named_children()):
             if type(child) in ATTENTION_TWINS:
                 setattr(parent, name, ATTENTION_TWINS[type(child)](child))
-    return model

@@ -1,0 +1,106 @@
+"""Semantic segmentation on mmseg (a COCO128-derived set): data, calibrate → evaluate, twins, bad input."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("mmseg", reason="needs the mm stack (make setup-mm)")
+pytestmark = pytest.mark.mm
+
+TINY_SEG = ["task=semantic_segmentation", "model=upernet_swin_micro", "data=coco128_semseg",
+            "model.kwargs.embed_dim=16", "model.kwargs.depths=[1,1,2,1]", "model.kwargs.num_heads=[1,1,2,2]",
+            "task.max_eval_images=2", "task.image_scale=[128,128]", "method.n_calib=2", "logger=none"]
+
+
+@pytest.fixture(scope="module")
+def semseg_root(tmp_path_factory):
+    """The generator's output for the first 4 COCO128 images."""
+    from conftest import SHARED
+
+    from bench.coco128_semseg import generate
+
+    if not (SHARED / "data" / "coco128").is_dir():
+        pytest.skip(f"coco128 not found under {SHARED}/data (set VITQUANT_SHARED)")
+    return generate(SHARED / "data" / "coco128", tmp_path_factory.mktemp("semseg"), limit=4)
+
+
+@pytest.fixture
+def seg_cfg(semseg_root, tmp_path):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from vitquant.cli import CONF_DIR
+
+    def make(*overrides: str, name: str = "calibrate", out: str = "run"):
+        base = [*TINY_SEG, f"data.root={semseg_root}"] if name == "calibrate" else []
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            cfg = compose(name, overrides=base + list(overrides))
+        with open_dict(cfg):
+            cfg.out_dir = str(tmp_path / out)
+        return cfg
+
+    return make
+
+
+def test_derived_set_has_the_annotated_classes_and_masks(semseg_root, shared_dir):
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(shared_dir / "data" / "coco128" / "annotations" / "instances_train2017.json"))
+    classes = json.loads((semseg_root / "classes.json").read_text())
+    assert len(classes) == 81 and classes[0] == "background" and classes[1] == "person"
+    image_id = sorted(coco.getImgIds())[0]
+    name = coco.loadImgs(image_id)[0]["file_name"].replace(".jpg", ".png")
+    labels = np.array(Image.open(semseg_root / "annotations" / "training" / name))
+    anns = sorted(coco.loadAnns(coco.getAnnIds(imgIds=image_id)), key=lambda a: a["area"])
+    smallest = anns[0]  # painted last: all its pixels carry its class
+    expected = classes.index(coco.loadCats(smallest["category_id"])[0]["name"])
+    assert (labels[coco.annToMask(smallest).astype(bool)] == expected).all()
+    covered = np.zeros_like(labels, dtype=bool)
+    for ann in anns:
+        covered |= coco.annToMask(ann).astype(bool)
+    assert (labels[~covered] == 0).all() and set(np.unique(labels[covered])) <= set(range(1, 81)) | {255}
+
+
+def test_calibrate_then_evaluate_gives_the_same_miou(seg_cfg, tmp_path):
+    from vitquant.evaluation import run_evaluation
+    from vitquant.ptq import run_calibration
+
+    metrics = run_calibration(seg_cfg("method=repqvit", "bits=4", "eval_fp=false"))
+    assert metrics["primary_metric"] == "mIoU" and 0 <= metrics["mIoU"] <= 100 and "fp_aAcc" in metrics
+    again = run_evaluation(seg_cfg(f"checkpoint={tmp_path / 'run' / 'quantized.pt'}", "task=semantic_segmentation",
+                                   "task.max_eval_images=2", "task.image_scale=[128,128]", name="evaluate", out="ev"))
+    assert {k: again[k] for k in ("mIoU", "aAcc", "mAcc")} == {k: metrics[k] for k in ("mIoU", "aAcc", "mAcc")}
+
+
+def test_quantizers_off_give_the_float_segmentor(seg_cfg):
+    from mmengine.dataset import pseudo_collate
+
+    from vitquant.config import bit_widths
+    from vitquant.models.quantize import quantized_twin
+    from vitquant.nn.site import set_quant_state
+    from vitquant.ptq import build_recipe, build_task
+
+    cfg = seg_cfg("method=percentile")
+    task = build_task(cfg.task, cfg.model, cfg.data)
+    fp = task.build_model()
+    q = quantized_twin(fp, build_recipe(cfg.method), list(cfg.policy.kinds), bit_widths(cfg), 0)
+    set_quant_state(q, weights=False, activations=False)
+    batch = pseudo_collate([task.dataset("val")[0]])
+    with torch.no_grad():
+        a, b = fp.net.test_step(batch)[0], q.net.test_step(batch)[0]
+    torch.testing.assert_close(a.seg_logits.data, b.seg_logits.data)
+
+
+def test_missing_mask_folder_is_one_line_error(semseg_root, capsys):
+    from vitquant.cli import preflight
+    from vitquant.config import validate_calibrate
+
+    argv = [*TINY_SEG, f"data.root={semseg_root}", "data.train_masks=annotations/nowhere"]
+    with pytest.raises(SystemExit) as exit_info:
+        preflight("calibrate", validate_calibrate, argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: data.train_masks=")
