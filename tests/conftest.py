@@ -73,21 +73,32 @@ TINY_SWIN_RUN = ["model=swin_cifar", "model.kwargs.depths=[2,2]", "model.kwargs.
                  "model.kwargs.embed_dim=24", "model.kwargs.num_classes=3", *COMMON]
 
 
-@pytest.fixture
-def tiny_run(image_folder, tmp_path):
-    """``compose(*overrides)`` → a calibrate config on the tiny model and data, writing under tmp_path."""
+def run_config_factory(base: list[str], tmp_path: Path):
+    """``make(*overrides, name=, out=)`` → a composed ``name`` config (``base`` first when it is a calibration),
+    writing under ``tmp_path / out``: what every run fixture of the suite returns."""
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
     from vitquant.cli import CONF_DIR
 
-    def make(*overrides: str, name: str = "calibrate", out: str = "run", swin: bool = False):
-        model = TINY_SWIN_RUN if swin else TINY_RUN
-        base = model + [f"data.root={image_folder}"] if name == "calibrate" else []
+    def make(*overrides: str, name: str = "calibrate", out: str = "run"):
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose(name, overrides=base + list(overrides))
+            cfg = compose(name, overrides=(base if name == "calibrate" else []) + list(overrides))
         with open_dict(cfg):
             cfg.out_dir = str(tmp_path / out)
         return cfg
+
+    return make
+
+
+@pytest.fixture
+def tiny_run(image_folder, tmp_path):
+    """``compose(*overrides)`` → a calibrate config on the tiny model and data, writing under tmp_path."""
+    data = [f"data.root={image_folder}"]
+    vit_run = run_config_factory(TINY_RUN + data, tmp_path)
+    swin_run = run_config_factory(TINY_SWIN_RUN + data, tmp_path)
+
+    def make(*overrides: str, name: str = "calibrate", out: str = "run", swin: bool = False):
+        return (swin_run if swin else vit_run)(*overrides, name=name, out=out)
 
     return make

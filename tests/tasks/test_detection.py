@@ -18,20 +18,9 @@ TINY_DET = ["task=instance_segmentation", "model=mask_rcnn_swin_micro", "data=co
 
 @pytest.fixture
 def det_cfg(shared_dir, tmp_path):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
+    from conftest import run_config_factory
 
-    from vitquant.cli import CONF_DIR
-
-    def make(*overrides: str, name: str = "calibrate", out: str = "run"):
-        base = [*TINY_DET, f"data.root={shared_dir / 'data' / 'coco128'}"] if name == "calibrate" else []
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose(name, overrides=base + list(overrides))
-        with open_dict(cfg):
-            cfg.out_dir = str(tmp_path / out)
-        return cfg
-
-    return make
+    return run_config_factory([*TINY_DET, f"data.root={shared_dir / 'data' / 'coco128'}"], tmp_path)
 
 
 def test_calibrate_then_evaluate_gives_the_same_ap(det_cfg, tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "vitquant"
 MM = ("mmcv", "mmdet", "mmengine", "mmseg")
-ADAPTERS = {"detection.py", "segmentation.py", "mm_common.py", "mm_swin.py", "mm_checkpoint.py"}
+ADAPTERS = {"detection.py", "segmentation.py", "mm_common.py", "mm_task.py", "mm_swin.py", "mm_checkpoint.py"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -30,20 +30,9 @@ def semseg_root(tmp_path_factory):
 
 @pytest.fixture
 def seg_cfg(semseg_root, tmp_path):
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
+    from conftest import run_config_factory
 
-    from vitquant.cli import CONF_DIR
-
-    def make(*overrides: str, name: str = "calibrate", out: str = "run"):
-        base = [*TINY_SEG, f"data.root={semseg_root}"] if name == "calibrate" else []
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            cfg = compose(name, overrides=base + list(overrides))
-        with open_dict(cfg):
-            cfg.out_dir = str(tmp_path / out)
-        return cfg
-
-    return make
+    return run_config_factory([*TINY_SEG, f"data.root={semseg_root}"], tmp_path)
 
 
 def test_derived_set_has_the_annotated_classes_and_masks(semseg_root, shared_dir):

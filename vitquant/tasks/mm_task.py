@@ -1,0 +1,108 @@
+"""The task interface on an mm model: what the mmdet and mmseg adapters share.
+
+:class:`MMTask` has the interface of :class:`~vitquant.tasks.classification.ClassificationTask`
+(``build_model``, ``calibration_images``, ``evaluate``) for any mm config (``model.mm_config``) with
+its backbone replaced by the timm Swin (``TimmSwin``, :mod:`vitquant.tasks.mm_common`). A task on it
+names its ``package`` and says only what differs: the data set config of a split, the evaluator, and
+how the evaluator's output becomes our metric keys.
+"""
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from vitquant.data.calibration import calibration_ids
+from vitquant.tasks.mm_checkpoint import load_detector_checkpoint
+from vitquant.tasks.mm_common import (
+    MMModel,
+    build_dataset,
+    load_mm_config,
+    preprocess,
+    require,
+    run_evaluator,
+    set_resize,
+)
+
+
+class MMTask:
+    """Model + data of one dense-prediction benchmark on ``package`` (``mmdet`` or ``mmseg``).
+
+    ``image_scale`` (w, h) overrides the test ``Resize``; ``max_eval_images`` keeps the first N
+    validation images; ``quantize_heads`` also quantizes the neck's and heads' conv/linear layers.
+    Calibration images come from the *train* split through the *test* pipeline (``protocol.md`` §0).
+    """
+
+    package: str = ""
+    metric_keys: list[str]
+    primary_metric: str
+
+    def __init__(self, model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], batch_size: int = 1,
+                 num_workers: int = 0, max_eval_images: int | None = None, image_scale: Sequence[int] | None = None,
+                 quantize_heads: bool = False) -> None:
+        require(self.package)
+        importlib.import_module(f"{self.package}.utils").register_all_modules(init_default_scope=True)
+        self.model_cfg, self.data_cfg = model_cfg, data_cfg
+        self.batch_size, self.num_workers, self.max_eval_images = batch_size, num_workers, max_eval_images
+        self.quantize_heads = quantize_heads
+        self.mm_cfg = load_mm_config(model_cfg, self.package)
+        self.pipeline = set_resize(list(self.mm_cfg.test_dataloader.dataset.pipeline), image_scale)
+        self._datasets: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------- what a task says
+    def dataset_config(self, split: str) -> dict[str, Any]:  # pragma: no cover - abstract
+        """The mm data set config of ``split`` (``train``/``val``) with ``self.pipeline``."""
+        raise NotImplementedError
+
+    def make_evaluator(self, val) -> Any:  # pragma: no cover - abstract
+        """The mm ``Evaluator`` for the validation data set ``val``."""
+        raise NotImplementedError
+
+    def read_metrics(self, raw: dict[str, float]) -> dict[str, float]:  # pragma: no cover - abstract
+        """The evaluator's output as ``{metric key: value in percent}``."""
+        raise NotImplementedError
+
+    def check_model(self, net: nn.Module) -> None:
+        """Refuse a model this task cannot evaluate (one-line ``UserError``); default: accept."""
+
+    # ----------------------------------------------------------------------------- the shared interface
+    def build_model(self, load_weights: bool = True) -> nn.Module:
+        """The float network (wrapped for PTQ) in eval mode, with ``model.checkpoint`` loaded."""
+        net = importlib.import_module(f"{self.package}.registry").MODELS.build(self.mm_cfg.model)
+        self.check_model(net)
+        checkpoint = self.model_cfg.get("checkpoint")
+        if checkpoint and load_weights:
+            load_detector_checkpoint(net, checkpoint)
+        return MMModel(net, self.quantize_heads).eval()
+
+    def dataset(self, split: str):
+        """``split`` through the test pipeline (built once; ``val`` cut to ``max_eval_images``)."""
+        if split not in self._datasets:
+            cfg = self.dataset_config(split)
+            if split == "val" and self.max_eval_images is not None:
+                cfg["indices"] = int(self.max_eval_images)
+            self._datasets[split] = build_dataset(cfg, self.package)
+        return self._datasets[split]
+
+    def calibration_images(self, n: int, seed: int) -> tuple[torch.Tensor, list[int]]:
+        """``n`` seeded training images, resized by the test pipeline, normalised and padded to one batch."""
+        train = self.dataset("train")
+        ids = calibration_ids(len(train), n, seed)
+        net = self.build_model(load_weights=False).net  # only its data preprocessor is used
+        return preprocess(net, train, ids), ids
+
+    def evaluate(self, model: nn.Module, device: torch.device | str = "cpu") -> dict[str, float | int]:
+        """The task's metrics (percent) of ``model`` on the validation split, and ``n_images``."""
+        from mmengine.dataset import DefaultSampler, pseudo_collate
+        from torch.utils.data import DataLoader
+
+        val = self.dataset("val")
+        evaluator = self.make_evaluator(val)
+        evaluator.dataset_meta = val.metainfo
+        loader = DataLoader(val, batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=pseudo_collate,
+                            sampler=DefaultSampler(val, shuffle=False))
+        raw = run_evaluator(model, loader, evaluator, len(val), torch.device(device))
+        return {**self.read_metrics(raw), "n_images": len(val)}
