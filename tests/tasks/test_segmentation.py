@@ -104,3 +104,18 @@ def test_missing_mask_folder_is_one_line_error(semseg_root, capsys):
         preflight("calibrate", validate_calibrate, argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: data.train_masks=")
+
+
+def test_reference_trainer_steps_a_segmentor(seg_cfg):
+    """bench.mm_reference's shared loop trains an mmseg segmentor (one step on the derived set's masks)."""
+    from bench.mm_reference import fit, segmentation_train_set
+    from vitquant.ptq import build_task
+
+    cfg = seg_cfg()
+    task = build_task(cfg.task, cfg.model, cfg.data)
+    net = task.build_model(load_weights=False).net
+    net.data_preprocessor.size = (128, 128)
+    before = net.decode_head.conv_seg.weight.detach().clone()
+    fit(net, segmentation_train_set(task, cfg), minutes=1e-4, lr=1e-3, batch_size=2, seed=0)
+    assert not net.training
+    assert not torch.equal(before, net.decode_head.conv_seg.weight)
