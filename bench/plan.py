@@ -29,6 +29,12 @@ class Entry:
 
 
 THREE = (0, 1, 2)
+AIQVIT_ABLATIONS = [  # the paper's ablation: each component switched off in turn
+    ("no lowrank", "method.lowrank=false"),
+    ("fixed rank", "method.rank_search=false"),
+    ("log√2 post-Softmax", "quantizer@method.quantizers.post_softmax=logsqrt2"),
+    ("no curriculum", "method.curriculum=false"),
+]
 ENTRIES = [
     Entry("minmax", "minmax", (8, 6, 4, 3)),
     Entry("percentile", "percentile", (8, 6, 4, 3)),
@@ -41,6 +47,9 @@ ENTRIES = [
           cpu=(*CPU_RECON, "quantizer@method.quantizers.post_softmax=logsqrt2"),
           full=("quantizer@method.quantizers.post_softmax=logsqrt2",), budget=CPU_BUDGET),
     Entry("qdrop", "qdrop", (6, 4, 3), {3: THREE, 4: THREE}, cpu=tuple(CPU_RECON), budget=CPU_BUDGET),
+    Entry("aiqvit", "aiqvit", (4, 3), {3: THREE}, cpu=tuple(CPU_RECON), budget=CPU_BUDGET),
+    *(Entry(f"aiqvit({label})", "aiqvit", (4, 3), cpu=(*CPU_RECON, switch), full=(switch,), budget=CPU_BUDGET)
+      for label, switch in AIQVIT_ABLATIONS),
     Entry("tsptq", "tsptq", (8, 6, 4), policies=("full", "default")),
     Entry("ptq4vit", "ptq4vit", (8, 6, 4), policies=("default", "full")),
     Entry("fqvit", "fqvit", (8, 6, 4), policies=("full", "default")),

@@ -10,7 +10,7 @@ from vitquant.cli import CONF_DIR
 from vitquant.ptq import run_calibration
 
 
-@pytest.mark.parametrize("experiment", ["isvit_imagenet", "repqvit_imagenet"])
+@pytest.mark.parametrize("experiment", ["isvit_imagenet", "repqvit_imagenet", "aiqvit_imagenet"])
 def test_experiment_composes_with_its_sweep(experiment):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose("calibrate", overrides=[f"experiment={experiment}"], return_hydra_config=True)

@@ -61,8 +61,9 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         qmodel = quantized_twin(fp_model, recipe, list(cfg.policy.kinds), bits, cfg.seed)
         images, calib_ids = task.calibration_images(recipe.n_calib, cfg.seed)
         logger.summary({"calib_ids": calib_ids})
+        ctx = CalibContext(fp_model, images, device, cfg.seed, logger.log, logger.table)
         with timer() as calib:
-            recipe.calibrate(qmodel, CalibContext(fp_model, images, device, cfg.seed, logger.log))
+            recipe.calibrate(qmodel, ctx)
         missing = uncalibrated_sites(qmodel)
         if missing:
             raise CoverageError(f"{len(missing)} enabled quantization sites saw no data during calibration "
@@ -84,7 +85,7 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
             "n_eval_images": q_metrics["n_images"],
             "n_calib": recipe.n_calib, "calib_seconds": calib["seconds"], "eval_seconds": q_eval["seconds"],
             "fp_eval_seconds": fp_eval["seconds"] if cfg.eval_fp else None, "peak_memory_mb": peak_memory_mb(device),
-            "seed": cfg.seed, "device": str(device),
+            "seed": cfg.seed, "device": str(device), **ctx.metrics,
         }
         if keys[0] != "top1":  # classification's keys stay as they were
             metrics["primary_metric"] = keys[0]

@@ -16,6 +16,7 @@ METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 FAST = {  # keep each method to seconds: tiny budgets for the iterative stages
     "isvit": ["method.iters=2", "method.batch_size=4", "method.init_images=8"],
     "qdrop": ["method.iters=2", "method.batch_size=4"],
+    "aiqvit": ["method.iters=4", "method.batch_size=4", "method.init_images=8"],
 }
 
 

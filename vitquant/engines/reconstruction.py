@@ -30,6 +30,16 @@ What is trained (Adam):
   end the hard rounding is written into the weights, which then lie on the quantization grid.
 * ``learn_act_scales``: the unit's activation ``UniformQuantizer`` scales too (QDrop's LSQ step),
   lr ``act_lr`` with cosine annealing.
+* ``train_weights=False``: nothing of the above (weights stay as initialised); only what ``hooks``
+  add is trained (AIQViT's low-rank compensation, ``engines.lowrank``). A unit with nothing to
+  train is skipped without caching.
+
+``hooks`` (``ReconHook``) extend a unit's optimisation without a second loop: extra parameter
+groups (Adam, cosine-annealed), an extra loss term, a callback after every step (e.g. their own
+optimiser, as the rank search's architecture logits have) and one when the unit is done.
+
+Sample order: by default each step draws ``batch_size`` cached samples uniformly; ``curriculum``
+draws them easy→hard with a linear pacing function (``engines.curriculum``, AIQViT).
 
 ``drop_prob > 0`` is QDrop: inside the unit every activation quantizer outputs, element-wise with
 that probability, the float value (``engines.qdrop``), and with quantized inputs the unit input is
@@ -42,7 +52,7 @@ flags restored.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -52,6 +62,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vitquant.engines.context import CalibContext
+from vitquant.engines.curriculum import curriculum_batches, random_batches, sample_losses
 from vitquant.engines.qdrop import mix, quant_dropout
 from vitquant.nn import QuantAttention, QuantConv2d, QuantLinear, QuantWindowAttention
 from vitquant.nn.site import iter_sites, quantized_sites, set_calibrating
@@ -95,6 +106,12 @@ def unit_output(module: nn.Module, y: torch.Tensor) -> torch.Tensor:
 def lp_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Official ``lp_loss(p=2, reduction='none')``: (ŷ − y)² summed over dim 1, averaged over the rest."""
     return (pred - target).pow(2).sum(1).mean()
+
+
+def per_sample_lp_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``lp_loss`` of each sample of the batch: (B,)."""
+    err = (pred - target).pow(2).sum(1)
+    return err.reshape(len(err), -1).mean(1)
 
 
 def rounding_temperature(t: int, iters: int, warmup: float, b_range: tuple[float, float]) -> float:
@@ -226,6 +243,27 @@ def adaround(unit: nn.Module) -> Iterator[list[AdaRound]]:
             m.weight_site.quantizer = q
 
 
+class ReconHook:
+    """Extends one unit's reconstruction (what it trains, an extra loss, per-step work); no-ops here."""
+
+    def begin(self, name: str, unit: nn.Module) -> list[dict]:
+        """Prepare ``unit``; return extra Adam parameter groups (``{"params": [...], "lr": ...}``)."""
+        return []
+
+    def extra_loss(self, rec: torch.Tensor) -> torch.Tensor | None:
+        """A term added to the reconstruction loss ``rec`` of the step (None: nothing)."""
+        return None
+
+    def after_step(self, step: int, iters: int) -> None:
+        """Called after the optimiser step of 1-based ``step``."""
+
+    def end(self, name: str, unit: nn.Module, data: UnitData, ctx: CalibContext) -> None:
+        """The unit is optimised: finalise it (hooks may log through ``ctx``)."""
+
+    def finish(self, ctx: CalibContext) -> None:
+        """Every unit is done."""
+
+
 # ----------------------------------------------------------------------------- the stage
 def check_initialised(model: nn.Module) -> None:
     missing = [n for n, s in quantized_sites(model) if s.enabled and not bool(s.quantizer.initialized)]
@@ -243,7 +281,9 @@ def reconstruct_blocks(model: nn.Module, ctx: CalibContext, iters: int = 1000, b
                        lr: float = 4e-5, input_source: str = "fp", drop_prob: float = 0.0,
                        learn_act_scales: bool = False, act_lr: float = 4e-5, round_mode: str = "ste",
                        round_loss_weight: float = 0.01, b_range: tuple[float, float] = (20, 2),
-                       warmup: float = 0.2, n_images: int | None = None, progress: bool = True) -> None:
+                       warmup: float = 0.2, n_images: int | None = None, progress: bool = True,
+                       train_weights: bool = True, hooks: Sequence[ReconHook] = (), curriculum: bool = False,
+                       curriculum_start: float = 0.3, curriculum_grow: float = 0.5) -> None:
     """Reconstruct every unit of ``model`` in order against ``ctx.fp_model`` (module docstring)."""
     if input_source not in INPUT_SOURCES:
         raise ValueError(f"input_source={input_source!r} is not one of {INPUT_SOURCES}")
@@ -266,14 +306,28 @@ def reconstruct_blocks(model: nn.Module, ctx: CalibContext, iters: int = 1000, b
         previous = None
         for index, (name, unit) in enumerate(units):
             bar.set_description(f"recon {name}")
+            extra_groups = [g for h in hooks for g in h.begin(name, unit) if g["params"]]
+            if not (train_weights or learn_act_scales or extra_groups):
+                previous = None  # nothing cached for this unit: its successor captures from the start
+                bar.update(iters)
+                continue
             data = cache_unit(model, name, unit, ctx, images, batch_size, input_source, drop_prob > 0, previous)
             previous = None  # the previous unit's data is no longer needed: free it before optimising
+            sampler = torch.Generator().manual_seed(ctx.seed + index)
+            batches = (curriculum_batches(score_samples(unit, data, batch_size, ctx.device), batch_size, iters,
+                                          sampler, curriculum_start, curriculum_grow)
+                       if curriculum else random_batches(len(data.inputs), batch_size, sampler))
             loss = optimise_unit(unit, data, ctx, seed=ctx.seed + index, iters=iters, batch_size=batch_size,
                                  lr=lr, drop_prob=drop_prob, learn_act_scales=learn_act_scales, act_lr=act_lr,
                                  round_mode=round_mode, round_loss_weight=round_loss_weight, b_range=b_range,
-                                 warmup=warmup, bar=bar)
+                                 warmup=warmup, bar=bar, batches=batches, train_weights=train_weights,
+                                 extra_groups=extra_groups, hooks=hooks)
             ctx.log({f"recon/{name}/loss": loss})
+            for hook in hooks:
+                hook.end(name, unit, data, ctx)  # finalised first: the successor's inputs run through it
             previous = (name, unit, data)
+        for hook in hooks:
+            hook.finish(ctx)
     finally:
         bar.close()
         for p in model.parameters():
@@ -281,19 +335,34 @@ def reconstruct_blocks(model: nn.Module, ctx: CalibContext, iters: int = 1000, b
         model.eval()
 
 
+def score_samples(unit: nn.Module, data: UnitData, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(n,) reconstruction loss of every cached sample under ``unit`` as it stands (curriculum scores)."""
+    def loss(idx: torch.Tensor) -> torch.Tensor:
+        return per_sample_lp_loss(unit_output(unit, unit(data.inputs[idx].to(device))), data.targets[idx].to(device))
+    return sample_losses(loss, len(data.inputs), batch_size)
+
+
 def optimise_unit(unit: nn.Module, data: UnitData, ctx: CalibContext, seed: int, iters: int, batch_size: int,
                   lr: float, drop_prob: float, learn_act_scales: bool, act_lr: float, round_mode: str,
-                  round_loss_weight: float, b_range: tuple[float, float], warmup: float, bar: tqdm) -> float:
+                  round_loss_weight: float, b_range: tuple[float, float], warmup: float, bar: tqdm,
+                  batches: Iterator[torch.Tensor] | None = None, train_weights: bool = True,
+                  extra_groups: Sequence[dict] = (), hooks: Sequence[ReconHook] = ()) -> float:
     """Run the optimisation of one unit on its cached data; return the last reconstruction loss."""
-    sampler = torch.Generator().manual_seed(seed)
+    if batches is None:
+        batches = random_batches(len(data.inputs), batch_size, torch.Generator().manual_seed(seed))
     dropper = torch.Generator(device=ctx.device).manual_seed(seed)
     with ExitStack() as stack:
-        rounders = stack.enter_context(adaround(unit)) if round_mode == "adaround" else []
-        main = [r.alpha for r in rounders] or ste_parameters(unit)
-        groups = [{"params": main, "lr": lr}]
-        schedules = [cosine(iters) if round_mode == "ste" else (lambda t: 1.0)]
+        groups, schedules = [], []
+        rounders = []
+        if train_weights:
+            rounders = stack.enter_context(adaround(unit)) if round_mode == "adaround" else []
+            groups.append({"params": [r.alpha for r in rounders] or ste_parameters(unit), "lr": lr})
+            schedules.append(cosine(iters) if round_mode == "ste" else (lambda t: 1.0))
         if learn_act_scales:
             groups.append({"params": learnable_act_scales(unit), "lr": act_lr})
+            schedules.append(cosine(iters))
+        for group in extra_groups:
+            groups.append(dict(group))
             schedules.append(cosine(iters))
         params = [p for g in groups for p in g["params"]]
         for p in params:
@@ -305,7 +374,7 @@ def optimise_unit(unit: nn.Module, data: UnitData, ctx: CalibContext, seed: int,
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
         rec = torch.zeros(())
         for step in range(1, iters + 1):
-            idx = torch.randperm(len(data.inputs), generator=sampler)[:batch_size]
+            idx = next(batches)
             x = data.inputs[idx].to(ctx.device)
             if data.fp_inputs is not None:
                 x = mix(data.fp_inputs[idx].to(ctx.device), x, drop_prob, dropper)
@@ -314,9 +383,14 @@ def optimise_unit(unit: nn.Module, data: UnitData, ctx: CalibContext, seed: int,
             if rounders and step >= warmup * iters:
                 beta = rounding_temperature(step, iters, warmup, b_range)
                 loss = rec + round_loss_weight * sum(r.round_loss(beta) for r in rounders)
+            for hook in hooks:
+                extra = hook.extra_loss(rec)
+                loss = loss if extra is None else loss + extra
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
+            for hook in hooks:
+                hook.after_step(step, iters)
             bar.update()
         return float(rec.detach())

@@ -10,8 +10,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
+from vitquant.config import check_data, evaluation_data, validate_evaluate
 from vitquant.errors import UserError
 from vitquant.evaluation import rebuild_quantized
 from vitquant.io.atomic import atomic_write, write_json
@@ -25,8 +26,6 @@ FORMATS = ("onnx",)
 
 
 def validate_export(cfg: DictConfig) -> None:
-    from vitquant.config import validate_evaluate
-
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format} is not supported; valid: {', '.join(FORMATS)}")
     validate_evaluate(cfg)
@@ -40,7 +39,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     from vitquant.export.vit import export_vit
 
     run_cfg, state, _ = read_quantized(cfg.checkpoint)
-    data_cfg = cfg.data if cfg.get("data") is not None else run_cfg.data
+    data_cfg = evaluation_data(cfg, run_cfg.data)
+    check_data(OmegaConf.create({"data": data_cfg}))
     task = build_task(cfg.task, run_cfg.model, data_cfg)
     qmodel = rebuild_quantized(run_cfg, state, cfg.checkpoint, task).eval()
     if not any(True for _ in quantized_sites(qmodel)):

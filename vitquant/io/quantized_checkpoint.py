@@ -21,6 +21,7 @@ from torch import nn
 
 from vitquant.errors import UserError
 from vitquant.io.atomic import save_torch
+from vitquant.nn.lowrank import restore_compensation
 
 FORMAT = "vitquant.quantized/1"
 
@@ -55,8 +56,10 @@ def add_folded_biases(model: nn.Module, state: dict[str, Any]) -> None:
 
 
 def load_quantized_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """Strictly load ``state`` into a rebuilt twin, naming the first mismatch."""
+    """Strictly load ``state`` into a rebuilt twin (folded biases and low-rank compensations
+    re-created from the stored shapes first), naming the first mismatch."""
     add_folded_biases(model, state)
+    restore_compensation(model, state)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

@@ -14,13 +14,14 @@ from vitquant.nn.site import QuantSite
 
 
 class QuantLinear(nn.Linear):
-    """y = Q_a(x) · Q_w(W)ᵀ + b."""
+    """y = Q_a(x) · Q_w(W)ᵀ + b, or, with a ``compensation`` (``vitquant.nn.lowrank``), its output."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True,
                  input_kind: str = "linear_in", is_end: bool = False) -> None:
         super().__init__(in_features, out_features, bias=bias)
         self.input_site = QuantSite(input_kind, channel_dim=-1, is_end=is_end)
         self.weight_site = QuantSite("weight", channel_dim=0, is_end=is_end)
+        self.register_module("compensation", None)  # optional low-rank compensation (AIQViT)
 
     @classmethod
     def from_float(cls, linear: nn.Linear, input_kind: str, is_end: bool = False) -> QuantLinear:
@@ -29,7 +30,10 @@ class QuantLinear(nn.Linear):
         return twin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.input_site(x), self.weight_site(self.weight), self.bias)
+        x = self.input_site(x)
+        if self.compensation is not None:
+            return self.compensation(self, x)
+        return F.linear(x, self.weight_site(self.weight), self.bias)
 
 
 class QuantConv2d(nn.Conv2d):

@@ -1,0 +1,51 @@
+"""Which cached samples a reconstruction step draws: uniformly at random, or easy→hard (AIQViT).
+
+Curriculum reconstruction (AIQViT; ``specs/aiqvit.md``, our reading): before a unit is optimised,
+each calibration sample is scored by its reconstruction loss under the unit as it stands (the
+initial quantized unit: compensation factors start at zero), ℓ_i = lp_loss(unit(x_i), y_i), and
+the samples are sorted easy (low ℓ) to hard. Step t draws its batch uniformly from the easiest
+fraction λ(t) of them, with the linear pacing function::
+
+    λ(t) = min(1, λ0 + (1 − λ0) · t / (g · T))        (λ0 = 0.3, g = 0.5: all samples from T/2 on)
+
+Both samplers are iterators of index tensors, so ``reconstruct_blocks`` uses either unchanged.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+
+
+def random_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Endless batches of ``batch_size`` distinct indices drawn uniformly from ``range(n)``."""
+    while True:
+        yield torch.randperm(n, generator=generator)[:batch_size]
+
+
+def pacing(step: int, iters: int, start: float = 0.3, grow: float = 0.5) -> float:
+    """λ(t): fraction of the (sorted) samples in use at 1-based step t (module docstring)."""
+    if grow <= 0:
+        return 1.0
+    return min(1.0, start + (1.0 - start) * step / (grow * iters))
+
+
+@torch.no_grad()
+def sample_losses(loss_fn: Callable[[torch.Tensor], torch.Tensor], n: int, batch_size: int) -> torch.Tensor:
+    """(n,) per-sample losses; ``loss_fn(indices)`` returns the loss of each indexed sample."""
+    return torch.cat([loss_fn(idx).detach().cpu() for idx in torch.arange(n).split(batch_size)])
+
+
+def curriculum_batches(losses: torch.Tensor, batch_size: int, iters: int, generator: torch.Generator,
+                       start: float = 0.3, grow: float = 0.5) -> Iterator[torch.Tensor]:
+    """Batches drawn from the easiest ⌈λ(t)·n⌉ samples at step t (at least ``batch_size`` of them)."""
+    if not 0.0 < start <= 1.0:
+        raise ValueError(f"curriculum start fraction {start} must be in (0, 1]")
+    order = torch.argsort(losses, stable=True)
+    n = len(order)
+    step = 0
+    while True:
+        step += 1
+        pool = min(n, max(batch_size, math.ceil(pacing(step, iters, start, grow) * n)))
+        yield order[torch.randperm(pool, generator=generator)[:batch_size]]
