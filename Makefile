@@ -50,8 +50,9 @@ report: setup  ## table + plots of a sweep: make report SWEEP="multirun/<time> [
 
 reference: setup  ## train missing CIFAR reference models into the cache (recipe of shared/models)
 	$(BIN)/python -m bench.references
-	@if $(BIN)/python -c "import mmdet" 2>/dev/null; then $(BIN)/python -m bench.detection_reference; \
-	else echo "reference detector skipped: run make setup-mm first"; fi
+	@if $(BIN)/python -c "import mmdet, mmseg" 2>/dev/null; then $(BIN)/python -m bench.mm_reference detection \
+	&& $(BIN)/python -m bench.mm_reference segmentation; \
+	else echo "reference detector and segmentor skipped: run make setup-mm first"; fi
 
 lint: setup
 	$(BIN)/python -m ruff check vitquant tests bench calibrate.py evaluate.py train.py soft_labels.py export.py

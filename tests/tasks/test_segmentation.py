@@ -11,7 +11,7 @@ from PIL import Image
 pytest.importorskip("mmseg", reason="needs the mm stack (make setup-mm)")
 pytestmark = pytest.mark.mm
 
-TINY_SEG = ["task=semantic_segmentation", "model=upernet_swin_micro", "data=coco128_semseg",
+TINY_SEG = ["task=semantic_segmentation", "model=upernet_swin_micro", "data=coco128_semseg", "model.checkpoint=null",
             "model.kwargs.embed_dim=16", "model.kwargs.depths=[1,1,2,1]", "model.kwargs.num_heads=[1,1,2,2]",
             "task.max_eval_images=2", "task.image_scale=[128,128]", "method.n_calib=2", "logger=none"]
 
@@ -93,3 +93,18 @@ def test_missing_mask_folder_is_one_line_error(semseg_root, capsys):
         preflight("calibrate", validate_calibrate, argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: data.train_masks=")
+
+
+def test_reference_trainer_steps_a_segmentor(seg_cfg):
+    """bench.mm_reference's shared loop trains an mmseg segmentor (one step on the derived set's masks)."""
+    from bench.mm_reference import fit, segmentation_train_set
+    from vitquant.ptq import build_task
+
+    cfg = seg_cfg()
+    task = build_task(cfg.task, cfg.model, cfg.data)
+    net = task.build_model(load_weights=False).net
+    net.data_preprocessor.size = (128, 128)
+    before = net.decode_head.conv_seg.weight.detach().clone()
+    fit(net, segmentation_train_set(task, cfg), minutes=1e-4, lr=1e-3, batch_size=2, seed=0)
+    assert not net.training
+    assert not torch.equal(before, net.decode_head.conv_seg.weight)

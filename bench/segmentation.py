@@ -1,0 +1,49 @@
+"""Semantic-segmentation benchmark: each PTQ method × W8A8/W6A6/W4A4 on the coco128_semseg reference UperNet.
+
+The reference segmentor (``model=upernet_swin_micro``, ``make reference``) is evaluated on the 32
+coco128_semseg images it was trained on, at 256 px: the table measures the mIoU *drop* under
+quantization of its backbone, not generalisation (cell loop and budget: :mod:`bench.mm_bench`).
+Rows: ``bench/results/segmentation.json`` and ``segmentation.md``.
+``python -m bench.segmentation [--methods minmax repqvit] [--bits 4] [--iters 20]``.
+"""
+from __future__ import annotations
+
+import argparse
+
+from bench.mm_bench import ITERS, RECONSTRUCTION, Bench, run
+from bench.mm_reference import IMAGES, SCALE
+
+METHODS = ("minmax", "percentile", "repqvit", "fqvit", "isvit", "qdrop", "tsptq", "ptq4vit")
+
+
+def table(rows: list[dict]) -> str:
+    fp = next(r for r in rows if r["method"] == "fp")
+    lines = [f"FP (reference UperNet, micro Swin, {IMAGES} coco128_semseg training images at {SCALE[0]} px, "
+             f"81 classes): mIoU {fp['mIoU']:.2f}, aAcc {fp['aAcc']:.2f}, mAcc {fp['mAcc']:.2f}", "",
+             "| method | W/A | mIoU | Δ mIoU | aAcc | Δ aAcc | mAcc | calib s |", "|---|---|---|---|---|---|---|---|"]
+    for r in sorted((r for r in rows if r["method"] != "fp"), key=lambda r: (-r["w_bits"], r["method"])):
+        name = f"{r['method']} ({r['iters']} it)" if r["method"] in RECONSTRUCTION and "iters" in r else r["method"]
+        if "error" in r:
+            lines.append(f"| {name} | {r['w_bits']}/{r['a_bits']} | n/a: {r['error'][:60]}… ||||||")
+            continue
+        lines.append(f"| {name} | {r['w_bits']}/{r['a_bits']} | {r['mIoU']:.2f} | {r['mIoU'] - fp['mIoU']:+.2f} | "
+                     f"{r['aAcc']:.2f} | {r['aAcc'] - fp['aAcc']:+.2f} | {r['mAcc']:.2f} | "
+                     f"{r['calib_seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+SEGMENTATION = Bench("segmentation", "segmentation", ("mIoU", "aAcc", "mAcc"), table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--bits", nargs="+", type=int, default=[4, 6, 8])  # lowest first: where methods differ
+    parser.add_argument("--n-calib", type=int, default=32)
+    parser.add_argument("--iters", type=int, default=ITERS, help="reconstruction iterations per unit and stage")
+    args = parser.parse_args()
+    print(table(run(SEGMENTATION, args.methods, args.bits, args.n_calib, args.iters)))
+
+
+if __name__ == "__main__":
+    main()
