@@ -57,24 +57,13 @@ def test_backbone_is_quantized_and_heads_stay_float(det_cfg):
 
 def test_quantizers_off_give_the_float_detector(det_cfg):
     """Twins with every quantizer disabled predict exactly what the float detector predicts."""
-    from mmengine.dataset import pseudo_collate
+    from mm_pair import float_and_twin_predictions
     from omegaconf import open_dict
-
-    from vitquant.config import bit_widths
-    from vitquant.models.quantize import quantized_twin
-    from vitquant.nn.site import set_quant_state
-    from vitquant.ptq import build_recipe, build_task
 
     cfg = det_cfg("method=percentile")
     with open_dict(cfg):  # keep every detection of the random detector
         cfg.model.mm_overrides["model.test_cfg.rcnn.score_thr"] = 0.0
-    task = build_task(cfg.task, cfg.model, cfg.data)
-    fp = task.build_model()
-    q = quantized_twin(fp, build_recipe(cfg.method), list(cfg.policy.kinds), bit_widths(cfg), 0)
-    set_quant_state(q, weights=False, activations=False)
-    batch = pseudo_collate([task.dataset("val")[0]])
-    with torch.no_grad():
-        a, b = fp.net.test_step(batch)[0].pred_instances, q.net.test_step(batch)[0].pred_instances
+    a, b = (out.pred_instances for out in float_and_twin_predictions(cfg))
     assert len(a) > 0
     for key in ("bboxes", "scores", "labels", "masks"):
         torch.testing.assert_close(a[key], b[key])

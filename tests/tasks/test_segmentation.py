@@ -66,21 +66,9 @@ def test_calibrate_then_evaluate_gives_the_same_miou(seg_cfg, tmp_path):
 
 
 def test_quantizers_off_give_the_float_segmentor(seg_cfg):
-    from mmengine.dataset import pseudo_collate
+    from mm_pair import float_and_twin_predictions
 
-    from vitquant.config import bit_widths
-    from vitquant.models.quantize import quantized_twin
-    from vitquant.nn.site import set_quant_state
-    from vitquant.ptq import build_recipe, build_task
-
-    cfg = seg_cfg("method=percentile")
-    task = build_task(cfg.task, cfg.model, cfg.data)
-    fp = task.build_model()
-    q = quantized_twin(fp, build_recipe(cfg.method), list(cfg.policy.kinds), bit_widths(cfg), 0)
-    set_quant_state(q, weights=False, activations=False)
-    batch = pseudo_collate([task.dataset("val")[0]])
-    with torch.no_grad():
-        a, b = fp.net.test_step(batch)[0], q.net.test_step(batch)[0]
+    a, b = float_and_twin_predictions(seg_cfg("method=percentile"))
     torch.testing.assert_close(a.seg_logits.data, b.seg_logits.data)
 
 
