@@ -23,6 +23,7 @@ class GraphBuilder:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        self.dq_scales: dict[str, tuple[np.ndarray, int | None]] = {}  # DQ output -> (scale, axis)
         self._count = 0
 
     def name(self, hint: str) -> str:
@@ -57,16 +58,51 @@ class GraphBuilder:
             code_type = np.int8 if form.signed else np.uint8
             codes = self.op("Clip", [codes, self.const(form.code_range[0], "lo", code_type),
                                      self.const(form.code_range[1], "hi", code_type)], f"{hint}_clip")
+        dq_scale = form.scale * np.float32(dq_factor)
         if dq_factor != 1.0:
-            scale = self.const(form.scale * np.float32(dq_factor), f"{hint}_dq_scale")
-        return self.op("DequantizeLinear", [codes, scale, zero], f"{hint}_dq", **axis)
+            scale = self.const(dq_scale, f"{hint}_dq_scale")
+        out = self.op("DequantizeLinear", [codes, scale, zero], f"{hint}_dq", **axis)
+        self.dq_scales[out] = (dq_scale, form.axis)
+        return out
 
     def int_weight(self, codes: np.ndarray, form: SiteForm, hint: str, axis: int) -> str:
         """DequantizeLinear of an int8 initializer (``axis``: the per-channel axis of ``codes``)."""
         scale, zero = self.qparams(form, hint)
         w = self.const(codes, f"{hint}_int8", codes.dtype)
-        return self.op("DequantizeLinear", [w, scale, zero], f"{hint}_dq",
-                       **({} if form.axis is None else {"axis": axis}))
+        out = self.op("DequantizeLinear", [w, scale, zero], f"{hint}_dq",
+                      **({} if form.axis is None else {"axis": axis}))
+        self.dq_scales[out] = (form.scale, None if form.axis is None else axis)
+        return out
+
+    def gemm(self, x: str, w: str, bias: np.ndarray | None) -> str:
+        """``x · W + b`` for a 2-D ``x`` and a (K, N) ``W``, as one ``Gemm``.
+
+        When ``x`` is a per-tensor DQ and ``W`` a DQ per output channel (or per tensor), the bias is
+        stored as int32 codes at the accumulator's scale Δ_x·Δ_w (how QDQ graphs carry a bias): ONNX
+        Runtime then fuses the group into one integer ``QGemm`` that adds the bias in the kernel
+        (and writes uint8 directly when a QuantizeLinear follows), instead of a float ``Add`` pass.
+        Rounding the bias to that scale moves it by at most Δ_x·Δ_w / 2, far below an output step.
+        """
+        inputs = [x, w]
+        if bias is not None:
+            inputs.append(self.int_bias(bias, x, w) or self.const(bias, "bias"))
+        return self.op("Gemm", inputs)
+
+    def int_bias(self, bias: np.ndarray, x: str, w: str) -> str | None:
+        """DQ(int32 round(b / (Δ_x·Δ_w))), or None when x or W is not an integer tensor of the right form."""
+        if x not in self.dq_scales or w not in self.dq_scales or self.dq_scales[x][1] is not None \
+                or self.dq_scales[w][1] not in (None, 1):
+            return None
+        scale = (self.dq_scales[x][0] * self.dq_scales[w][0]).astype(np.float32)
+        if scale.size not in (1, bias.size) or not np.all(scale > 0):
+            return None
+        codes = np.round(bias / scale)
+        if np.abs(codes).max(initial=0) >= 2**31 - 1:
+            return None
+        axis = {} if scale.ndim == 0 else {"axis": 0}
+        return self.op("DequantizeLinear", [self.const(codes, "bias_int32", np.int32), self.const(scale, "bias_scale"),
+                                            self.const(np.zeros(scale.shape), "bias_zero", np.int32)],
+                       "bias_dq", **axis)
 
     def broadcast_const(self, values: np.ndarray, axis: int | None, rank: int, hint: str) -> str:
         return self.const(to_tensor_layout(np.asarray(values, np.float32), axis, rank), hint)

@@ -24,7 +24,7 @@ they are listed as float sites.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -47,6 +47,12 @@ class SiteForm:
     @property
     def full_range(self) -> bool:
         return self.code_range == ((-128, 127) if self.signed else (0, 255))
+
+    def rows(self, index: slice) -> SiteForm:
+        """The form of ``weight[index]`` (a per-output-channel form keeps those channels' parameters)."""
+        if self.axis != 0:
+            return self
+        return replace(self, scale=self.scale[index], zero=self.zero[index])
 
 
 def site_form(site: QuantSite, rank: int, weight: bool = False) -> SiteForm | None:

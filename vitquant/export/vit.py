@@ -81,29 +81,42 @@ class ViTExporter:
         self.report.emulated[name] = quantizer_name(site)
         return emulate(self.g, x, site.quantizer, rank, name.replace(".", "_"))
 
-    def weight(self, layer: nn.Module, transpose: bool) -> str:
-        """The layer's weight as DQ(int8 initializer), or a float initializer (Wᵀ for MatMul)."""
-        w, hint = layer.weight.detach().float(), self.site_names[id(layer.weight_site)].replace(".", "_")
-        site = layer.weight_site
+    def weight(self, layer: nn.Module, transpose: bool, rows: slice = slice(None)) -> str:
+        """The layer's weight (its output channels ``rows``) as DQ(int8 initializer), or a float
+        initializer (Wᵀ for MatMul/Gemm)."""
+        w, name = layer.weight.detach().float(), self.site_names[id(layer.weight_site)]
+        site, hint = layer.weight_site, name.replace(".", "_")
         form = site_form(site, w.dim(), weight=True) if self.quantize and site.quantizer is not None \
             and site.enabled else None
         if form is None:
             if self.quantize and site.quantizer is not None and site.enabled:
                 w = site(layer.weight).detach().float()  # non-uniform weights: their x̂, in float
-                self.report.emulated[self.site_names[id(site)]] = quantizer_name(site)
-                self.report.kinds[self.site_names[id(site)]] = site.kind
+                self.report.emulated[name] = quantizer_name(site)
+                self.report.kinds[name] = site.kind
+            w = w[rows]
             value = w.t().contiguous() if transpose else w
             return self.g.const(value.numpy(), hint)
-        self.report.integer.append(self.site_names[id(site)])
-        codes = weight_codes(w, form)
+        if name not in self.report.integer:
+            self.report.integer.append(name)
+        codes, form = weight_codes(w, form)[rows], form.rows(rows)
         return self.g.int_weight(codes.T.copy() if transpose else codes, form, hint, axis=1 if transpose else 0)
 
     # ------------------------------------------------------------------ layers
-    def linear(self, x: str, layer: QuantLinear, rank: int) -> str:
-        y = self.g.op("MatMul", [self.site(x, layer.input_site, rank), self.weight(layer, transpose=True)])
-        if layer.bias is not None:
-            y = self.g.op("Add", [y, self.g.const(layer.bias.detach().float().numpy(), "bias")])
-        return y
+    def linear(self, x: str, layer: QuantLinear, tokens: int | None = None) -> str:
+        """``layer`` of ``x`` (B, C), or of ``x`` (B, tokens, C) when ``tokens`` is given: the tokens are
+        flattened into rows before the input site, so its Q/DQ sits right at the 2-D ``Gemm``."""
+        if tokens is not None:
+            x = self.g.op("Reshape", [x, self.g.const([-1, layer.in_features], dtype=np.int64)])
+        y = self.project(self.site(x, layer.input_site, 2), layer)
+        if tokens is None:
+            return y
+        return self.g.op("Reshape", [y, self.g.const([-1, tokens, layer.out_features], dtype=np.int64)])
+
+    def project(self, x: str, layer: QuantLinear, rows: slice = slice(None)) -> str:
+        """Output channels ``rows`` of ``layer`` for a quantized 2-D input: one ``Gemm`` with the bias
+        inside (``GraphBuilder.gemm``)."""
+        bias = None if layer.bias is None else layer.bias.detach().float().numpy()[rows]
+        return self.g.gemm(x, self.weight(layer, transpose=True, rows=rows), bias)
 
     def layer_norm(self, x: str, norm: nn.LayerNorm) -> str:
         x = self.site(x, getattr(norm, "input_site", None), 3)
@@ -112,10 +125,15 @@ class ViTExporter:
                          axis=-1, epsilon=float(norm.eps))
 
     def attention(self, x: str, attn: QuantAttention, tokens: int) -> str:
+        """timm's attention with q, k, v as three projections of one quantized input (not one qkv
+        GEMM split afterwards): each is its own Gemm, so with per-tensor q/k/v sites ONNX Runtime
+        writes their uint8 codes straight from the integer GEMM, and no float split/transpose runs."""
         g, heads, dim = self.g, attn.num_heads, attn.head_dim
-        qkv = g.op("Reshape", [self.linear(x, attn.qkv, 3), g.const([0, tokens, 3, heads, dim], dtype=np.int64)])
-        qkv = g.op("Transpose", [qkv], perm=[2, 0, 3, 1, 4])
-        q, k, v = (g.op("Gather", [qkv, g.const(i, dtype=np.int64)], axis=0) for i in range(3))
+        x = self.site(g.op("Reshape", [x, g.const([-1, attn.qkv.in_features], dtype=np.int64)]),
+                      attn.qkv.input_site, 2)
+        q, k, v = (g.op("Transpose", [g.op("Reshape", [
+            self.project(x, attn.qkv, slice(i * heads * dim, (i + 1) * heads * dim)),
+            g.const([-1, tokens, heads, dim], dtype=np.int64)])], perm=[0, 2, 1, 3]) for i in range(3))
         q, v = self.site(q, attn.q_site, 4), self.site(v, attn.v_site, 4)
         k_scaled = self.site(k, attn.k_site, 4, dq_factor=attn.scale)  # d^(-1/2) folded into k's scale
         k = k_scaled or self.site(k, attn.k_site, 4)
@@ -126,12 +144,12 @@ class ViTExporter:
         probs = self.site(g.op("Softmax", [scores], axis=-1), attn.post_softmax_site, 4)
         out = g.op("Transpose", [g.op("MatMul", [probs, v])], perm=[0, 2, 1, 3])
         out = g.op("Reshape", [out, g.const([0, tokens, heads * dim], dtype=np.int64)])
-        return self.linear(out, attn.proj, 3)
+        return self.linear(out, attn.proj, tokens)
 
-    def mlp(self, x: str, mlp: nn.Module) -> str:
+    def mlp(self, x: str, mlp: nn.Module, tokens: int) -> str:
         approximate = getattr(mlp.act, "approximate", "none")
-        hidden = self.g.op("Gelu", [self.linear(x, mlp.fc1, 3)], approximate=approximate)
-        return self.linear(hidden, mlp.fc2, 3)
+        hidden = self.g.op("Gelu", [self.linear(x, mlp.fc1, tokens)], approximate=approximate)
+        return self.linear(hidden, mlp.fc2, tokens)
 
     def build(self, image_size: int) -> onnx.ModelProto:
         m, g = self.m, self.g
@@ -151,7 +169,7 @@ class ViTExporter:
         x = g.op("Add", [x, g.const(m.pos_embed.detach().numpy())])
         for block in m.blocks:
             x = g.op("Add", [x, self.attention(self.layer_norm(x, block.norm1), block.attn, tokens)])
-            x = g.op("Add", [x, self.mlp(self.layer_norm(x, block.norm2), block.mlp)])
+            x = g.op("Add", [x, self.mlp(self.layer_norm(x, block.norm2), block.mlp, tokens)])
         x = self.layer_norm(x, m.norm)
         if m.global_pool == "avg":
             x = g.op("ReduceMean", [g.op("Slice", [x, g.const([m.num_prefix_tokens], dtype=np.int64),
@@ -161,7 +179,7 @@ class ViTExporter:
             x = self.layer_norm(x, m.fc_norm) if isinstance(m.fc_norm, nn.LayerNorm) else x
         else:
             x = g.op("Gather", [x, g.const(0, dtype=np.int64)], axis=1)
-        g.nodes.append(onnx.helper.make_node("Identity", [self.linear(x, m.head, 2)], ["logits"]))
+        g.nodes.append(onnx.helper.make_node("Identity", [self.linear(x, m.head)], ["logits"]))
         inputs = [float_input("images", ["batch", 3, image_size, image_size])]
         return g.model(inputs, [float_input("logits", ["batch", m.num_classes])], "vitquant")
 
