@@ -5,8 +5,9 @@ weights: speed does not depend on them), each quantized W8A8 with ``percentile``
 calibration images: latency at batch 1 and throughput at batch 32 of each backend; the kernel limit
 ``int8_gemm_ratio`` (ORT u8×s8 ``MatMulInteger`` vs FP32 ``MatMul`` at deit_small's MLP shape
 1576×384×1536); file sizes; the fake-quant PyTorch overhead on the reference ViT; CPU name and int8
-instruction set. Times are process CPU seconds (one thread; robust to other processes on shared
-machines), the best of ``repeats`` runs after a warm-up.
+instruction set; at batch 32, ONNX Runtime's time per op type in both graphs and the Amdahl bound
+of the FP32 graph's GEMM share (``ort_profile``). Times are process CPU seconds (one thread; robust
+to other processes on shared machines), the best of ``repeats`` runs after a warm-up.
 
     python -m bench.speed                 # -> bench/results/speed.json, speed.md
     python -m bench.speed --repeats 3 --threads 1
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+from bench.ort_profile import amdahl_bound, gemm_fraction, op_times
 from bench.references import reference_checkpoint
 from vitquant.cli import CONF_DIR
 from vitquant.config import bit_widths
@@ -114,6 +116,10 @@ def bench_model(name: str, work: Path, repeats: int, threads: int) -> dict:
             for backend, fn in runs.items():
                 t = best_time(fn, repeats)
                 row[f"{backend}_{key}"] = round(1e3 * t, 3) if batch == 1 else round(batch / t, 2)
+        if batch == 32:  # where the time goes, op type by op type, after ORT's fusions
+            ops = {kind: op_times(path, feed, threads) for kind, path in paths.items()}
+            row["op_ms_b32"] = {kind: {op: round(ms, 2) for op, ms in t.items()} for kind, t in ops.items()}
+            row.update({f"gemm_fraction_{kind}": round(gemm_fraction(t), 3) for kind, t in ops.items()})
     if name == "vit_cifar":  # fake-quant overhead at the evaluation batch (100) of the quality benchmark
         x = torch.randn(100, 3, size, size)
         with torch.no_grad():
@@ -160,9 +166,12 @@ def summarise(rows: list[dict], gemm: dict, info: dict, threads: int) -> dict:
     speedup = deit["ort_int8_throughput_img_s_b32"] / deit["ort_fp32_throughput_img_s_b32"]
     import onnxruntime
 
+    bound = amdahl_bound(deit["gemm_fraction_fp32"], gemm["int8_gemm_ratio"])
     return {**info, "threads": threads, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
             "int8_speedup_vs_fp32": round(speedup, 3), **gemm,
             "int8_speedup_over_gemm_ratio": round(speedup / gemm["int8_gemm_ratio"], 3),
+            "gemm_fraction_fp32": deit["gemm_fraction_fp32"], "gemm_fraction_int8": deit["gemm_fraction_int8"],
+            "amdahl_bound": round(bound, 3), "amdahl_bound_over_gemm_ratio": round(bound / gemm["int8_gemm_ratio"], 3),
             "int8_size_ratio": round(deit["int8_onnx_bytes"] / deit["fp32_onnx_bytes"], 3),
             "fakequant_overhead_vs_fp": round(ref["fakequant_eval_ms_b100"] / ref["fp_eval_ms_b100"], 3),
             "models": rows}
@@ -180,10 +189,31 @@ def markdown(res: dict) -> str:
             lines.append(f"| {r['model']} | {backend} | {r[f'{backend}_latency_ms_b1']:.2f} | "
                          f"{r[f'{backend}_throughput_img_s_b32']:.1f} | {mb} |")
     lines += ["", "| key | value |", "|---|---|"]
-    for key in ("int8_speedup_vs_fp32", "int8_gemm_ratio", "int8_speedup_over_gemm_ratio", "gemm_fp32_ms",
+    for key in ("int8_speedup_vs_fp32", "int8_gemm_ratio", "int8_speedup_over_gemm_ratio", "gemm_fraction_fp32",
+                "gemm_fraction_int8", "amdahl_bound", "amdahl_bound_over_gemm_ratio", "gemm_fp32_ms",
                 "gemm_int8_ms", "int8_size_ratio", "fakequant_overhead_vs_fp"):
         lines.append(f"| {key} | {res[key]} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + op_table(res)) + "\n"
+
+
+def op_table(res: dict) -> list[str]:
+    """deit_small at batch 32: ONNX Runtime time per op type in the FP32 and the INT8 graph (profiler)."""
+    deit = next(r for r in res["models"] if r["model"] == "deit_small")
+    fp32, int8 = deit["op_ms_b32"]["fp32"], deit["op_ms_b32"]["int8"]
+    totals = sum(fp32.values()), sum(int8.values())
+    lines = ["", "deit_small, batch 32, time per op type after ONNX Runtime's fusions (profiler, one run):", "",
+             "| op type | FP32 ms | FP32 % | INT8 ms | INT8 % |", "|---|---|---|---|---|"]
+
+    def share(op: str) -> float:
+        return max(fp32.get(op, 0.0) / totals[0], int8.get(op, 0.0) / totals[1])
+
+    ops = sorted((op for op in set(fp32) | set(int8) if share(op) >= 0.005), key=lambda op: -share(op))
+    rest = [sum(t.values()) - sum(t.get(op, 0.0) for op in ops) for t in (fp32, int8)]
+    for op, a, b in [(op, fp32.get(op), int8.get(op)) for op in ops] + [("other (< 0.5 %)", *rest)]:
+        cells = [" | " if t is None else f"{t:.1f} | {100 * t / total:.1f}" for t, total in zip((a, b), totals)]
+        lines.append(f"| {op} | {cells[0]} | {cells[1]} |")
+    lines.append(f"| total | {totals[0]:.1f} | 100 | {totals[1]:.1f} | 100 |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -63,6 +63,23 @@ def test_onnx_runtime_matches_fake_quant_within_one_step(tiny_vit, tmp_path, bit
     assert bits == 8 or "Clip" in ops, "below 8 bits the codes are clipped to the b-bit range"
 
 
+def test_every_gemm_runs_in_integers_after_ort_fusion(tiny_vit, tmp_path):
+    """Each linear layer (bias included) fuses into one QGemm, the attention products into integer
+    MatMuls: no float GEMM is left in the graph ONNX Runtime executes."""
+    import onnx
+    import onnxruntime as ort
+
+    model, _ = export_vit(calibrated(tiny_vit, 8), 32)
+    onnx.save(model, tmp_path / "m.onnx")
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert ops.count("QGemm") == 6 * len(tiny_vit.blocks) + 1  # q, k, v, proj, fc1, fc2 per block; head
+    assert ops.count("MatMulIntegerToFloat") + ops.count("QLinearMatMul") == 2 * len(tiny_vit.blocks)
+    assert not {"Gemm", "MatMul", "FusedMatMul"} & set(ops), "a float GEMM is left"
+
+
 def test_log_domain_softmax_site_stays_float_and_is_listed(tiny_vit, tmp_path):
     q = calibrated(tiny_vit, 6, post_softmax=partial(SULQuantizer))
     model, report = export_vit(q, 32)
