@@ -1,7 +1,9 @@
 """ONNX graph of a ViT/DeiT quant twin (timm ``VisionTransformer``), site by site.
 
-Each uniform site becomes Q/DQ (``sites.site_form``); each linear layer is
-``MatMul(DQ(Q(x)), DQ(int8 Wᵀ)) + b``; the attention products are ``MatMul`` of Q/DQ operands.
+Each uniform site becomes Q/DQ (``sites.site_form``); each linear layer is a 2-D
+``Gemm(DQ(Q(x)), DQ(int8 Wᵀ), DQ(int32 b))`` (tokens flattened into rows), which ONNX Runtime fuses
+into one integer ``QGemm`` with the bias in the kernel; the attention products are ``MatMul`` of
+Q/DQ operands (``MatMulIntegerToFloat`` / ``QLinearMatMul``).
 Float sites (no integer form) are emulated (``emulate``) or left unquantized, and reported.
 ``quantize=False`` writes the float model (the FP32 ONNX baseline of the speed benchmark).
 """
