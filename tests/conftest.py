@@ -43,6 +43,16 @@ def shared_dir() -> Path:
     return SHARED
 
 
+@pytest.fixture(scope="session")
+def semseg_root(tmp_path_factory) -> Path:
+    """bench.coco128_semseg's semantic-segmentation set for the first 4 COCO128 images (the mm segmentation tests)."""
+    from bench.coco128_semseg import generate
+
+    if not (SHARED / "data" / "coco128").is_dir():
+        pytest.skip(f"coco128 not found under {SHARED}/data (set VITQUANT_SHARED)")
+    return generate(SHARED / "data" / "coco128", tmp_path_factory.mktemp("semseg"), limit=4)
+
+
 def make_image_folder(root: Path, counts: dict[str, int], n_classes: int = 3, size: int = 32) -> Path:
     """root/<split>/c<k>/<i>.png with ``counts[split]`` random RGB images per class."""
     import numpy as np

@@ -30,9 +30,8 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from timm.layers import resample_abs_pos_embed
+from torch import nn
 
 from vitquant.models.checkpoint import CheckpointError, check_state_dict, read_state_dict
 

@@ -70,6 +70,8 @@ def load_mm_config(model_cfg: Mapping[str, Any], package: str):
     kwargs = plain(model_cfg.get("kwargs")) or {}
     widths = BACKBONES[name](str(model_cfg["arch"]), **kwargs).channels  # built only to read the widths
     cfg.model.backbone = dict(type=name, arch=str(model_cfg["arch"]), **kwargs)
+    if cfg.model.get("pretrained"):  # mmseg would pass its ImageNet path to our backbone; ``model.pretrained`` does
+        cfg.model.pretrained = None
     if "neck" in cfg.model and "in_channels" in cfg.model.neck:
         cfg.model.neck.in_channels = list(widths)
     else:  # mmseg: the heads read the backbone directly, at ``in_index``

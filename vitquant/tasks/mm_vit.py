@@ -44,7 +44,8 @@ class TimmViT(nn.Module):
         model = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="token", **kwargs)
         if model.num_prefix_tokens != 1 or not model.has_class_token or model.no_embed_class:
             raise ValueError(f"TimmViT: {arch} must have exactly one class token with a position embedding "
-                             "(as mmseg's VisionTransformer); distilled/register-token/no-embed-class ViTs are not supported")
+                             "(as mmseg's VisionTransformer); distilled, register-token and no-embed-class ViTs "
+                             "are not supported")
         self.patch_embed, self.cls_token, self.pos_embed = model.patch_embed, model.cls_token, model.pos_embed
         self.patch_embed.flatten, self.patch_embed.strict_img_size = False, False  # (B, C, h, w) of any size
         self.norm_pre, self.blocks = model.norm_pre, model.blocks
