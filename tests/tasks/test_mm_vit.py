@@ -133,3 +133,31 @@ def test_mismatched_checkpoint_is_one_line_error(vit_seg_cfg, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: checkpoint ")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_upernet_deit_small_with_mmseg_weights_matches_mmseg_segmentor(tmp_path):
+    """model=upernet_deit_small loads a checkpoint of mmseg's own UperNet-DeiT-S and gives its logits."""
+    from hydra import compose, initialize_config_dir
+    from mmengine.config import Config
+    from mmseg.registry import MODELS
+    from mmseg.utils import register_all_modules
+
+    from vitquant.cli import CONF_DIR
+    from vitquant.tasks.mm_common import find_config, load_mm_config
+
+    register_all_modules()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        model_cfg = compose("calibrate", overrides=["task=semantic_segmentation", "model=upernet_deit_small"]).model
+    theirs_cfg = Config.fromfile(str(find_config(model_cfg.mm_config, "mmseg")))
+    theirs_cfg.model.pretrained = None
+    theirs = MODELS.build(theirs_cfg.model).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0, 0.05)
+    torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": theirs.state_dict()}, tmp_path / "upernet.pth")
+    ours = MODELS.build(load_mm_config(model_cfg, "mmseg").model).eval()
+    load_detector_checkpoint(ours, tmp_path / "upernet.pth")
+    x = torch.randn(1, 3, 320, 384)  # a 20x24 grid: the stored 32x32 position grid is resampled
+    with torch.no_grad():
+        torch.testing.assert_close(ours._forward(x), theirs._forward(x), atol=1e-5, rtol=1e-5)
