@@ -9,8 +9,10 @@ import torch
 
 from vitquant.engines.context import CalibContext
 from vitquant.engines.range_init import init_ranges
+from vitquant.errors import UserError
 from vitquant.methods.recipe import BitWidths, Recipe
 from vitquant.models.twin import to_quant_twin
+from vitquant.nn.lowrank import LowRankCompensation
 from vitquant.quant.sulq import SULQuantizer
 from vitquant.quant.twin_uniform import TwinUniformQuantizer
 from vitquant.quant.two_scale import TwoScaleQuantizer
@@ -122,3 +124,22 @@ def test_two_region_sites_are_emulated_in_float(tiny_vit, onnx_logits, logit_ste
     with torch.no_grad():
         expected = q(x).numpy()
     assert np.abs(onnx_logits(model, x) - expected).max() <= logit_step(q)
+
+
+def test_unmerged_low_rank_compensation_is_a_float_branch(tiny_vit, onnx_logits, logit_step):
+    """AIQViT's unmerged ``Q(W)·x̂ + B·(A·x̂)``: the branch is exported in float and reported; merged is refused."""
+    q = calibrated(tiny_vit, 8)
+    fc1 = q.blocks[0].mlp.fc1
+    fc1.compensation = LowRankCompensation(fc1.in_features, fc1.out_features, rank=4)
+    with torch.no_grad():
+        fc1.compensation.B.normal_(0, 0.2)
+    model, report = export_model(q, 32)
+    assert report.summary()["float_branches"] == {"blocks.0.mlp.fc1": "low-rank compensation r=4"}
+    assert not report.deployable
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = q(x).numpy()
+    assert np.abs(onnx_logits(model, x) - expected).max() <= logit_step(q)
+    fc1.compensation.merged = True
+    with pytest.raises(UserError, match="blocks.0.mlp.fc1 low-rank compensation"):
+        export_model(q, 32)

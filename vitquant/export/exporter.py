@@ -34,11 +34,12 @@ class ExportReport:
     unquantized: dict[str, str] = field(default_factory=dict)  # quantizer dropped: no float emulation either
     rounded_zero_points: list[str] = field(default_factory=list)
     kinds: dict[str, str] = field(default_factory=dict)  # site name -> site kind
+    float_branches: dict[str, str] = field(default_factory=dict)  # layer -> float GEMM beside its integer one
 
     @property
     def deployable(self) -> bool:
-        """Every quantized site runs in integers."""
-        return bool(self.integer) and not self.emulated and not self.unquantized
+        """Every quantized site, and every GEMM, runs in integers."""
+        return bool(self.integer) and not self.emulated and not self.unquantized and not self.float_branches
 
     def summary(self) -> dict:
         def kinds(names):
@@ -47,7 +48,7 @@ class ExportReport:
                 "float_sites": {**self.emulated, **self.unquantized},
                 "float_site_kinds": kinds([*self.emulated, *self.unquantized]),
                 "emulated_sites": len(self.emulated), "unquantized_sites": len(self.unquantized),
-                "rounded_zero_points": len(self.rounded_zero_points)}
+                "rounded_zero_points": len(self.rounded_zero_points), "float_branches": dict(self.float_branches)}
 
 
 def refuse(problems: list[str]) -> None:
@@ -61,8 +62,9 @@ class Exporter:
 
     def __init__(self, model: nn.Module, quantize: bool = True) -> None:
         self.check(model)
-        refuse([f"{path} low-rank compensation (AIQViT, unmerged)" for path, m in model.named_modules()
-                if isinstance(m, QuantLinear) and m.compensation is not None])
+        refuse([f"{path} low-rank compensation while merged or searching" for path, m in model.named_modules()
+                if isinstance(m, QuantLinear) and m.compensation is not None
+                and (m.compensation.merged or m.compensation.searching)])
         self.m, self.quantize = model, quantize
         self.g, self.report = GraphBuilder(), ExportReport()
         self.site_names = {id(s): n for n, s in iter_sites(model)}
@@ -128,7 +130,15 @@ class Exporter:
         return self.g.op("Conv", inputs, kernel_shape=list(conv.kernel_size), strides=list(conv.stride))
 
     def linear(self, x: str, layer: QuantLinear, rank: int) -> str:
-        y = self.g.op("MatMul", [self.site(x, layer.input_site, rank), self.weight(layer, transpose=True)])
+        """``x̂·Wᵀ + b`` with x̂ = Q_a(x); with AIQViT's unmerged compensation also ``+ (x̂·Aᵀ)·Bᵀ`` in float."""
+        x = self.site(x, layer.input_site, rank)
+        y = self.g.op("MatMul", [x, self.weight(layer, transpose=True)])
+        if layer.compensation is not None:
+            b, a = (t.detach().float().t().contiguous().numpy() for t in layer.compensation.factors())
+            low = self.g.op("MatMul", [x, self.g.const(a, "lowrank_a")])
+            y = self.g.op("Add", [y, self.g.op("MatMul", [low, self.g.const(b, "lowrank_b")])])
+            name = self.site_names[id(layer.input_site)].rsplit(".", 1)[0]
+            self.report.float_branches[name] = f"low-rank compensation r={layer.compensation.rank}"
         if layer.bias is not None:
             y = self.g.op("Add", [y, self.g.const(layer.bias.detach().float().numpy(), "bias")])
         return y
