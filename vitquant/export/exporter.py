@@ -6,7 +6,8 @@ emit, for a twin layer, the ONNX of its fake-quant forward:
 
 * a uniform site becomes Q/DQ (``sites.site_form``); a float site is emulated (``emulate``) or left
   unquantized, and reported (``ExportReport``);
-* a linear layer is ``MatMul(DQ(Q(x)), DQ(int8 Wᵀ)) + b``;
+* a linear layer is ``MatMul(DQ(Q(x)), DQ(int8 Wᵀ)) + b``; AIQViT's unmerged low-rank compensation adds
+  its float ``(x̂·Aᵀ)·Bᵀ`` beside it, reported in ``float_branches`` (not deployable);
 * ``quantize=False`` writes the float model (the FP32 ONNX baseline of the speed benchmark).
 """
 from __future__ import annotations
