@@ -14,7 +14,7 @@ import argparse
 from bench.mm_bench import Bench, run
 from bench.mm_reference import IMAGES, SCALE
 
-METHODS = ("percentile", "repqvit", "tsptq", "fqvit", "isvit", "qdrop", "ptq4vit")
+METHODS = ("minmax", "percentile", "mse", "repqvit", "tsptq", "fqvit", "isvit", "qdrop", "ptq4vit")
 
 
 def table(rows: list[dict]) -> str:

@@ -13,7 +13,7 @@ import argparse
 from bench.mm_bench import ITERS, RECONSTRUCTION, Bench, run
 from bench.mm_reference import IMAGES, SCALE
 
-METHODS = ("minmax", "percentile", "repqvit", "fqvit", "isvit", "qdrop", "tsptq", "ptq4vit")
+METHODS = ("minmax", "percentile", "mse", "repqvit", "fqvit", "isvit", "qdrop", "tsptq", "ptq4vit")
 
 
 def table(rows: list[dict]) -> str:

@@ -10,7 +10,8 @@
 #   2. The local cache $MM_CACHE/torch-<torch version>/ (keyed by torch, so a cached wheel always matches).
 #   3. A source build with the recipe of shared/wheels/README.md, whose wheel then goes into the cache:
 #      setuptools<81, --no-build-isolation, -std=c++17 raised to c++20 (torch >= 2.10 headers),
-#      MMCV_WITH_OPS=1, MAX_JOBS=2; CUDA ops when nvcc is on PATH (about an hour on 2 CPU cores).
+#      MMCV_WITH_OPS=1, MAX_JOBS=2; CUDA ops when nvcc is on PATH and a GPU (or TORCH_CUDA_ARCH_LIST) gives
+#      the target architecture, else CPU ops (about an hour on 2 CPU cores). MM_CUDA=0/1 forces the choice.
 #      MM_PREPARE_ONLY=1 stops after downloading and patching the sdist (checks the recipe without compiling).
 # Afterwards the ops are smoke-tested (mmcv.ops.nms) and torch must be the version it was before.
 set -euo pipefail
@@ -22,6 +23,17 @@ TORCH=$("$PY" -c 'import torch; print(torch.__version__)')
 CACHE_DIR="$MM_CACHE/torch-$TORCH"
 say() { echo "setup-mm: $*" >&2; }
 pip() { "$PY" -m pip install --quiet "$@"; }
+
+# CUDA ops need nvcc and a target architecture: the visible GPU's, or TORCH_CUDA_ARCH_LIST. An nvcc on a
+# machine without a GPU (CPU CI images ship one) and no arch list would make torch's extension builder fail,
+# so that case builds the CPU ops only. MM_CUDA=0/1 overrides the choice.
+want_cuda() {
+    if [[ -n "${MM_CUDA:-}" ]]; then echo "$MM_CUDA"; return; fi
+    command -v nvcc >/dev/null || { echo 0; return; }
+    [[ -n "${TORCH_CUDA_ARCH_LIST:-}" ]] && { echo 1; return; }
+    "$PY" -c 'import torch, sys; sys.exit(0 if torch.version.cuda and torch.cuda.is_available() else 1)' \
+        && echo 1 || echo 0
+}
 
 find_wheel() { ls "$1"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true; }
 
@@ -35,7 +47,8 @@ build_from_source() {
     sed -i "s/extra_compile_args\['cxx'\] = \['-std=c++17'\]/extra_compile_args['cxx'] = ['-std=c++20']/" "$setup"
     grep -q "'-std=c++20'" "$setup" || { say "error: the c++20 patch did not apply to $setup"; exit 1; }
     if [[ -n "${MM_PREPARE_ONLY:-}" ]]; then say "sdist downloaded and patched in $work (MM_PREPARE_ONLY)"; exit 0; fi
-    local force_cuda=0; command -v nvcc >/dev/null && force_cuda=1
+    local force_cuda; force_cuda=$(want_cuda)
+    say "mmcv ops: $([[ $force_cuda == 1 ]] && echo "CPU and CUDA (arch ${TORCH_CUDA_ARCH_LIST:-of the visible GPU})" || echo CPU)"
     mkdir -p "$CACHE_DIR"
     MMCV_WITH_OPS=1 FORCE_CUDA=$force_cuda MAX_JOBS=${MAX_JOBS:-2} \
         "$PY" -m pip wheel --no-deps --no-build-isolation "$work/mmcv-$MMCV_VERSION" -w "$CACHE_DIR"

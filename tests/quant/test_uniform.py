@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vitquant.quant.stats import quantile_rows, subsample_rows
+from vitquant.quant.stats import least_error, quantile_rows, subsample_rows
 from vitquant.quant.uniform import UniformQuantizer
 
 
@@ -106,3 +106,23 @@ def test_invalid_options_fail_clearly():
         UniformQuantizer(bits=4, granularity="row")
     with pytest.raises(ValueError, match="init"):
         UniformQuantizer(bits=4, init="kl")
+
+
+def test_candidate_search_scores_on_a_bounded_subsample_with_candidates_from_all_rows():
+    """MSE search over a tensor above ``search_max_elements``: the clipping candidates come from the
+    full tensor's range, the choice among them from the seeded subsample (same as searching that
+    subsample with the full range's candidates)."""
+    x = torch.randn(4000, 4) * torch.tensor([1.0, 2.0, 4.0, 8.0])
+    x[0] = 40.0  # an outlier row: it sets the full view's candidate ranges whether or not it is sampled
+    capped = UniformQuantizer(bits=4, init="mse", granularity="channel", search_max_elements=400)
+    capped.init_from(x)
+    rows = capped.rows(x)
+    sample = capped.search_rows(rows)
+    assert sample.shape == (100, 4)
+    reference = UniformQuantizer(bits=4, init="mse", granularity="channel")
+    candidates = [reference.params_for_range(lo, hi) for lo, hi in reference.candidate_ranges(rows)]
+    expected = least_error(candidates, lambda s, z: (reference.fake_quant(sample, s, z) - sample).pow(2).mean(0))
+    assert torch.equal(capped.scale, expected[0]) and torch.equal(capped.zero_point, expected[1])
+    uncapped = UniformQuantizer(bits=4, init="mse", granularity="channel")
+    uncapped.init_from(x[:100])  # below the default cap: every row scores, as before
+    assert torch.equal(uncapped.search_rows(uncapped.rows(x[:100])), uncapped.rows(x[:100]))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vitquant.quant.stats import DEFAULT_MAX_ELEMENTS, subsample_rows, to_rows
+from vitquant.quant.stats import DEFAULT_MAX_ELEMENTS, SEARCH_MAX_ELEMENTS, subsample_rows, to_rows
 
 GRANULARITIES = ("tensor", "channel", "head")
 
@@ -32,7 +32,8 @@ class Quantizer(nn.Module):
     """
 
     def __init__(self, bits: int, granularity: str = "tensor", channel_dim: int = -1,
-                 max_elements: int = DEFAULT_MAX_ELEMENTS, seed: int = 0) -> None:
+                 max_elements: int = DEFAULT_MAX_ELEMENTS, search_max_elements: int = SEARCH_MAX_ELEMENTS,
+                 seed: int = 0) -> None:
         super().__init__()
         if granularity not in GRANULARITIES:
             raise ValueError(f"granularity={granularity!r} is not one of {GRANULARITIES}")
@@ -42,6 +43,7 @@ class Quantizer(nn.Module):
         self.granularity = granularity
         self.channel_dim = channel_dim
         self.max_elements = max_elements
+        self.search_max_elements = search_max_elements
         self.seed = seed
         self.calibrating = False
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
@@ -57,6 +59,11 @@ class Quantizer(nn.Module):
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """Calibration view of ``x``: (rows, channels), bounded in size by a seeded row subsample."""
         return subsample_rows(to_rows(x.detach().float(), self.axis), self.max_elements, self.seed)
+
+    def search_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """The rows that score a candidate search: at most ``search_max_elements`` values of ``rows``
+        (a seeded row subsample, see ``vitquant.quant.stats``), since each candidate costs a pass."""
+        return subsample_rows(rows, self.search_max_elements, self.seed)
 
     def expand(self, p: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Broadcast a per-channel parameter of shape (C,) (or (1,)) against ``x``."""

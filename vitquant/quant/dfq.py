@@ -72,7 +72,8 @@ class DynamicFocusingQuantizer(Quantizer):
 
     def initialize(self, x: torch.Tensor) -> None:
         rows = self.rows(x)
-        error = lambda lo, hi: (self.fake_quant(rows, lo, hi) - rows).pow(2).mean(0)  # noqa: E731
+        sample = self.search_rows(rows)
+        error = lambda lo, hi: (self.fake_quant(sample, lo, hi) - sample).pow(2).mean(0)  # noqa: E731
         lower, upper = least_error(self.candidate_intervals(rows), error)
         self.set_param("lower", lower)
         self.set_param("upper", upper)

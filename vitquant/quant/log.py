@@ -50,7 +50,8 @@ class LogQuantizer(Quantizer):
             self.set_param("scale", torch.full((rows.shape[1],), float(self.fixed_scale)))
             return
         candidates = [(quantile_rows(rows, p).clamp_min(1e-8),) for p in self.percentiles]
-        (scale,) = least_error(candidates, lambda s: (self.fake_quant(rows, s) - rows).pow(2).mean(0))
+        sample = self.search_rows(rows)
+        (scale,) = least_error(candidates, lambda s: (self.fake_quant(sample, s) - sample).pow(2).mean(0))
         self.set_param("scale", scale)
 
     def extra_repr(self) -> str:

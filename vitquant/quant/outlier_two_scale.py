@@ -53,8 +53,9 @@ class OutlierTwoScaleQuantizer(PowerOfTwoChannelQuantizer):
             return
         flags = outlier.float()
         candidates = [(torch.full((1,), float(n), device=rows.device),) for n in range(1, self.max_shift + 1)]
+        sample = self.search_rows(rows)
         (shift,) = least_error(candidates,
-                               lambda n: self.channel_errors(rows, n * flags)[outlier].sum().reshape(1))
+                               lambda n: self.channel_errors(sample, n * flags)[outlier].sum().reshape(1))
         self.set_param("shift", shift)
 
     def extra_repr(self) -> str:

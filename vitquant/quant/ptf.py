@@ -81,7 +81,8 @@ class PowerOfTwoFactorQuantizer(PowerOfTwoChannelQuantizer):
         self.set_param("zero_point", zero.reshape(1))
         ones = torch.ones(rows.shape[1], device=rows.device)
         candidates = [(a * ones,) for a in range(self.max_factor + 1)]
-        (alpha,) = least_error(candidates, lambda e: self.channel_errors(rows, e))
+        sample = self.search_rows(rows)
+        (alpha,) = least_error(candidates, lambda e: self.channel_errors(sample, e))
         self.set_param("alpha", alpha)
 
     def extra_repr(self) -> str:

@@ -84,10 +84,11 @@ class SULQuantizer(Quantizer):
         full = to_rows(x.float(), self.axis)
         lo, hi = full.min(dim=0).values, full.max(dim=0).values  # log2 is monotone: m, M from min, max
         rows = self.rows(x)
+        sample = self.search_rows(rows)
         candidates = [(torch.full_like(lo, eta), torch.log2(lo + eta), torch.log2(hi + eta)) for eta in self.shifts]
         calib_steps = 2 ** self.bits - 1  # the official η search uses 2^b − 1, unlike its forward
         shift, log_min, log_max = least_error(
-            candidates, lambda e, m, M: (self.fake_quant(rows, e, m, M, calib_steps) - rows).pow(2).mean(0))
+            candidates, lambda e, m, M: (self.fake_quant(sample, e, m, M, calib_steps) - sample).pow(2).mean(0))
         self.set_param("shift", shift)
         self.set_param("log_min", log_min)
         self.set_param("log_max", log_max)

@@ -88,7 +88,8 @@ class TwoRegionQuantizer(Quantizer):
 
     def initialize(self, x: torch.Tensor) -> None:
         rows = self.rows(x)
-        mse = lambda *p: (self.fake_quant(rows, *p) - rows).pow(2).mean(0)  # noqa: E731
+        sample = self.search_rows(rows)
+        mse = lambda *p: (self.fake_quant(sample, *p) - sample).pow(2).mean(0)  # noqa: E731
         self.set_candidate(*least_error(self.candidates(rows), mse))
 
 

@@ -141,7 +141,9 @@ class UniformQuantizer(Quantizer):
     def initialize(self, x: torch.Tensor) -> None:
         rows = self.rows(x)
         candidates = [self.params_for_range(lo, hi) for lo, hi in self.candidate_ranges(rows)]
-        scale, zero = least_error(candidates, lambda s, z: (self.fake_quant(rows, s, z) - rows).pow(2).mean(0))
+        sample = self.search_rows(rows)
+        scale, zero = least_error(candidates,
+                                  lambda s, z: (self.fake_quant(sample, s, z) - sample).pow(2).mean(0))
         self.set_param("scale", scale)
         self.set_param("zero_point", zero)
 
