@@ -64,9 +64,10 @@ class TimmSwin(nn.Module):
             if type(module) is SwinTransformerBlock:
                 module.__class__ = PadFirstSwinBlock
         self.out_indices = tuple(out_indices)
-        self.channels = [int(info["num_chs"]) for info in model.feature_info]
+        stage_widths = [int(info["num_chs"]) for info in model.feature_info]
+        self.channels = [stage_widths[i] for i in self.out_indices]  # one per output, as the neck reads them
         for i in self.out_indices:
-            self.add_module(f"norm{i}", nn.LayerNorm(self.channels[i]))
+            self.add_module(f"norm{i}", nn.LayerNorm(stage_widths[i]))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = self.patch_embed(pad_to_patch(x, self.patch_embed.patch_size))  # NHWC
