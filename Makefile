@@ -51,7 +51,7 @@ report: setup  ## table + plots of a sweep: make report SWEEP="multirun/<time> [
 reference: setup  ## train missing CIFAR reference models into the cache (recipe of shared/models)
 	$(BIN)/python -m bench.references
 	@if $(BIN)/python -c "import mmdet, mmseg" 2>/dev/null; then $(BIN)/python -m bench.mm_reference detection \
-	&& $(BIN)/python -m bench.mm_reference segmentation; \
+	&& $(BIN)/python -m bench.mm_reference segmentation && $(BIN)/python -m bench.mm_reference segmentation_vit; \
 	else echo "reference detector and segmentor skipped: run make setup-mm first"; fi
 
 lint: setup

@@ -9,6 +9,7 @@ images (``task.max_eval_images=32``) and measure the *drop* under quantization, 
 - ``detection``: ``model=mask_rcnn_swin_micro`` on ``data=coco128`` (box/mask AP).
 - ``segmentation``: ``model=upernet_swin_micro`` on ``data=coco128_semseg`` (mIoU; the set is
   derived from COCO128's instance masks first when missing, :mod:`bench.coco128_semseg`).
+- ``segmentation_vit``: ``model=upernet_vit_micro`` (plain ViT backbone, MultiLevelNeck) on the same set.
 
 One training loop serves both: ``net.parse_losses(net(**data, mode='loss'))`` is the mm interface
 of every mmdet detector and mmseg segmentor. ``python -m bench.mm_reference {detection,segmentation}
@@ -78,6 +79,8 @@ REFERENCES = {
                            detection_train_set, minutes=25.0, lr=1e-3, batch_size=2),
     "segmentation": Reference(("task=semantic_segmentation", "model=upernet_swin_micro", "data=coco128_semseg"),
                               segmentation_train_set, minutes=8.0, lr=1e-3, batch_size=4),
+    "segmentation_vit": Reference(("task=semantic_segmentation", "model=upernet_vit_micro", "data=coco128_semseg"),
+                                  segmentation_train_set, minutes=8.0, lr=1e-3, batch_size=4),
 }
 
 
@@ -141,7 +144,7 @@ def train(kind: str, minutes: float, lr: float, batch_size: int, seed: int, init
 
 def ensure_data(kind: str) -> None:
     """Derive the semantic-segmentation set from COCO128 when the segmentation reference needs it."""
-    if kind == "segmentation":
+    if REFERENCES[kind].train_set is segmentation_train_set:
         from bench.coco128_semseg import SHARED, generate
 
         out = Path(compose_run(kind).data.root)

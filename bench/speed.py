@@ -1,7 +1,7 @@
 """Speed benchmark: FP32 PyTorch vs FP32 ONNX Runtime vs INT8 ONNX Runtime, one run, one thread.
 
-For the CIFAR reference ViT (its checkpoint when present) and ``deit_small`` at 224 px (random
-weights: speed does not depend on them), each quantized W8A8 with ``percentile`` on random
+For the CIFAR reference ViT (its checkpoint when present), ``deit_small`` and ``swin_tiny`` at 224 px
+(random weights: speed does not depend on them), each quantized W8A8 with ``percentile`` on random
 calibration images: latency at batch 1 and throughput at batch 32 of each backend; the kernel limit
 ``int8_gemm_ratio`` (ORT u8×s8 ``MatMulInteger`` vs FP32 ``MatMul`` at deit_small's MLP shape
 1576×384×1536); file sizes; the fake-quant PyTorch overhead on the reference ViT; CPU name and int8
@@ -34,7 +34,7 @@ from vitquant.config import bit_widths
 from vitquant.engines.context import CalibContext
 from vitquant.export.graph import OPSET, GraphBuilder
 from vitquant.export.onnx_runtime import session
-from vitquant.export.vit import export_vit
+from vitquant.export.run import export_model
 from vitquant.io.atomic import atomic_write, write_json, write_text
 from vitquant.models.build import build_model
 from vitquant.models.quantize import quantized_twin
@@ -103,7 +103,7 @@ def bench_model(name: str, work: Path, repeats: int, threads: int) -> dict:
     q = quantized(cfg, fp, size)
     paths = {}
     for kind, quantize in (("fp32", False), ("int8", True)):
-        model, report = export_vit(q, size, quantize=quantize)
+        model, report = export_model(q, size, quantize=quantize)
         paths[kind] = atomic_write(work / f"{name}_{kind}.onnx", partial(save_onnx, model))
     sessions = {kind: session(str(p), threads) for kind, p in paths.items()}
     row = {"model": name, "image_size": size, "deployable": report.deployable,
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", nargs="+", default=["vit_cifar", "deit_small"])
+    parser.add_argument("--models", nargs="+", default=["vit_cifar", "deit_small", "swin_tiny"])
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)

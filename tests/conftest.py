@@ -35,12 +35,52 @@ def tiny_swin() -> torch.nn.Module:
                            num_heads=(2, 4), num_classes=10).eval()
 
 
+
+# Export tests (tests/export): run an exported model in ONNX Runtime; the one-step logit tolerance.
+@pytest.fixture
+def onnx_logits(tmp_path):
+    """``run(onnx_model, images) -> logits`` through an ONNX Runtime session (skips without onnxruntime)."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from vitquant.export.onnx_runtime import session
+
+    def run(model, x: torch.Tensor):
+        path = tmp_path / "m.onnx"
+        onnx.save(model, path)
+        return session(str(path)).run(None, {"images": x.numpy()})[0]
+
+    return run
+
+
+@pytest.fixture
+def logit_step():
+    """``step(q)``: the logit change when every element of the classifier input is one quantization step
+    off, Δ_in · max_k ‖W_k‖₁. Integer accumulation (ORT) and float accumulation (fake quant) round
+    differently, so codes at rounding ties may flip by one step in the layers before the head."""
+    def step(q) -> float:
+        head = q.get_classifier()
+        return float(head.input_site.quantizer.scale.max() * head.weight.detach().abs().sum(1).max())
+
+    return step
+
+
 @pytest.fixture
 def shared_dir() -> Path:
     """The workplace's shared data/models folder (``VITQUANT_SHARED``); skips when absent."""
     if not (SHARED / "data").is_dir():
         pytest.skip(f"shared data not found at {SHARED} (set VITQUANT_SHARED)")
     return SHARED
+
+
+@pytest.fixture(scope="session")
+def semseg_root(tmp_path_factory) -> Path:
+    """bench.coco128_semseg's semantic-segmentation set for the first 4 COCO128 images (the mm segmentation tests)."""
+    from bench.coco128_semseg import generate
+
+    if not (SHARED / "data" / "coco128").is_dir():
+        pytest.skip(f"coco128 not found under {SHARED}/data (set VITQUANT_SHARED)")
+    return generate(SHARED / "data" / "coco128", tmp_path_factory.mktemp("semseg"), limit=4)
 
 
 def make_image_folder(root: Path, counts: dict[str, int], n_classes: int = 3, size: int = 32) -> Path:

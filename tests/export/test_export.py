@@ -1,4 +1,5 @@
-"""Integer ONNX export: ORT matches fake quantization, float sites are listed, bad input is one line."""
+"""Integer ONNX export of ViT and Swin twins: ORT matches fake quantization, float sites are listed,
+bad input is one line."""
 import copy
 from functools import partial
 
@@ -8,17 +9,20 @@ import torch
 
 from vitquant.engines.context import CalibContext
 from vitquant.engines.range_init import init_ranges
+from vitquant.errors import UserError
 from vitquant.methods.recipe import BitWidths, Recipe
 from vitquant.models.twin import to_quant_twin
+from vitquant.nn.lowrank import LowRankCompensation
 from vitquant.quant.sulq import SULQuantizer
 from vitquant.quant.twin_uniform import TwinUniformQuantizer
 from vitquant.quant.two_scale import TwoScaleQuantizer
 from vitquant.quant.uniform import UniformQuantizer
 
 pytest.importorskip("onnxruntime")
-from vitquant.export.onnx_runtime import session  # noqa: E402
-from vitquant.export.vit import export_vit  # noqa: E402
+from vitquant.export.run import export_model  # noqa: E402
+from vitquant.nn.site import iter_sites  # noqa: E402
 
+MODELS = ["tiny_vit", "tiny_swin"]
 DEFAULT_KINDS = ["post_ln", "q", "k", "v", "post_softmax", "attn_out", "post_gelu", "linear_in", "weight"]
 
 
@@ -32,29 +36,19 @@ def calibrated(fp, bits: int, kinds=DEFAULT_KINDS, **quantizers):
     return q.eval()
 
 
-def run_onnx(model, tmp_path, x: torch.Tensor) -> np.ndarray:
-    import onnx
-    path = tmp_path / "m.onnx"
-    onnx.save(model, path)
-    return session(str(path)).run(None, {"images": x.numpy()})[0]
-
-
-def logit_step(q) -> float:
-    """The logit change when every element of the classifier input is one quantization step off:
-    Δ_in · max_k ‖W_k‖₁. Integer accumulation (ORT) and float accumulation (fake quant) round
-    differently, so codes at rounding ties may flip by one step in the layers before the head."""
-    head = q.head
-    return float(head.input_site.quantizer.scale.max() * head.weight.detach().abs().sum(1).max())
+def site_names(q, kind: str) -> set[str]:
+    return {name for name, site in iter_sites(q) if site.kind == kind}
 
 
 @pytest.mark.parametrize("bits", [8, 4])
-def test_onnx_runtime_matches_fake_quant_within_one_step(tiny_vit, tmp_path, bits):
-    q, x = calibrated(tiny_vit, bits), torch.randn(6, 3, 32, 32)
-    model, report = export_vit(q, 32)
+@pytest.mark.parametrize("arch", MODELS)
+def test_onnx_runtime_matches_fake_quant_within_one_step(request, onnx_logits, logit_step, arch, bits):
+    q, x = calibrated(request.getfixturevalue(arch), bits), torch.randn(6, 3, 32, 32)
+    model, report = export_model(q, 32)
     assert report.deployable and not report.summary()["float_sites"]
     with torch.no_grad():
         expected = q(x).numpy()
-    got = run_onnx(model, tmp_path, x)
+    got = onnx_logits(model, x)
     assert np.abs(got - expected).max() <= logit_step(q), np.abs(got - expected).max()
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -63,44 +57,52 @@ def test_onnx_runtime_matches_fake_quant_within_one_step(tiny_vit, tmp_path, bit
     assert bits == 8 or "Clip" in ops, "below 8 bits the codes are clipped to the b-bit range"
 
 
-def test_every_gemm_runs_in_integers_after_ort_fusion(tiny_vit, tmp_path):
-    """Each linear layer (bias included) fuses into one QGemm, the attention products into integer
-    MatMuls: no float GEMM is left in the graph ONNX Runtime executes."""
+@pytest.mark.parametrize("arch", MODELS)
+def test_every_gemm_runs_in_integers_after_ort_fusion(request, tmp_path, arch):
+    """Each linear layer (bias included; qkv as three projections) fuses into one QGemm, the attention
+    products into integer MatMuls: no float GEMM is left in the graph ONNX Runtime executes."""
     import onnx
     import onnxruntime as ort
 
-    model, _ = export_vit(calibrated(tiny_vit, 8), 32)
-    onnx.save(model, tmp_path / "m.onnx")
+    from vitquant.nn import QuantLinear
+
+    q = calibrated(request.getfixturevalue(arch), 8)
+    onnx.save(export_model(q, 32)[0], tmp_path / "m.onnx")
     options = ort.SessionOptions()
     options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
     ort.InferenceSession(str(tmp_path / "m.onnx"), options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
-    assert ops.count("QGemm") == 6 * len(tiny_vit.blocks) + 1  # q, k, v, proj, fc1, fc2 per block; head
-    assert ops.count("MatMulIntegerToFloat") + ops.count("QLinearMatMul") == 2 * len(tiny_vit.blocks)
+    linears = [name for name, m in q.named_modules() if isinstance(m, QuantLinear)]
+    assert ops.count("QGemm") == sum(3 if name.endswith("qkv") else 1 for name in linears)
+    attentions = sum(name.endswith("qkv") for name in linears)
+    assert ops.count("MatMulIntegerToFloat") + ops.count("QLinearMatMul") == 2 * attentions
     assert not {"Gemm", "MatMul", "FusedMatMul"} & set(ops), "a float GEMM is left"
 
 
-def test_log_domain_softmax_site_stays_float_and_is_listed(tiny_vit, tmp_path):
-    q = calibrated(tiny_vit, 6, post_softmax=partial(SULQuantizer))
-    model, report = export_vit(q, 32)
+@pytest.mark.parametrize("arch", MODELS)
+def test_log_domain_softmax_site_stays_float_and_is_listed(request, onnx_logits, logit_step, arch):
+    q = calibrated(request.getfixturevalue(arch), 6, post_softmax=partial(SULQuantizer))
+    model, report = export_model(q, 32)
     summary = report.summary()
     assert not summary["deployable"]
-    assert set(summary["float_sites"]) == {f"blocks.{i}.attn.post_softmax" for i in range(2)}
+    assert set(summary["float_sites"]) == site_names(q, "post_softmax") and len(summary["float_sites"]) >= 2
     assert set(summary["float_sites"].values()) == {"SULQuantizer/6b"}
     assert summary["float_site_kinds"] == ["post_softmax"]
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         expected = q(x).numpy()
-    assert np.abs(run_onnx(model, tmp_path, x) - expected).max() <= logit_step(q)
+    assert np.abs(onnx_logits(model, x) - expected).max() <= logit_step(q)
 
 
-def test_float_export_matches_the_float_model(tiny_vit, tmp_path):
-    q = calibrated(tiny_vit, 8)
-    model, report = export_vit(q, 32, quantize=False)
+@pytest.mark.parametrize("arch", MODELS)
+def test_float_export_matches_the_float_model(request, onnx_logits, arch):
+    fp = request.getfixturevalue(arch)
+    q = calibrated(fp, 8)
+    model, report = export_model(q, 32, quantize=False)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        expected = tiny_vit(x).numpy()
-    np.testing.assert_allclose(run_onnx(model, tmp_path, x), expected, atol=1e-4)
+        expected = fp(x).numpy()
+    np.testing.assert_allclose(onnx_logits(model, x), expected, atol=1e-4)
     assert not report.integer
 
 
@@ -136,11 +138,30 @@ def test_bad_input_is_one_error_line(tiny_run, capsys, tmp_path):
     {"post_softmax": partial(TwinUniformQuantizer), "post_gelu": partial(TwinUniformQuantizer, mode="gelu")},
     {"post_softmax": partial(TwoScaleQuantizer), "post_gelu": partial(TwoScaleQuantizer, signed_fine=True)},
 ], ids=["twin_uniform", "two_scale"])
-def test_two_region_sites_are_emulated_in_float(tiny_vit, tmp_path, quantizers):
+def test_two_region_sites_are_emulated_in_float(tiny_vit, onnx_logits, logit_step, quantizers):
     q = calibrated(tiny_vit, 6, **quantizers)
-    model, report = export_vit(q, 32)
+    model, report = export_model(q, 32)
     assert report.summary()["float_site_kinds"] == ["post_gelu", "post_softmax"]
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         expected = q(x).numpy()
-    assert np.abs(run_onnx(model, tmp_path, x) - expected).max() <= logit_step(q)
+    assert np.abs(onnx_logits(model, x) - expected).max() <= logit_step(q)
+
+
+def test_unmerged_low_rank_compensation_is_a_float_branch(tiny_vit, onnx_logits, logit_step):
+    """AIQViT's unmerged ``Q(W)·x̂ + B·(A·x̂)``: the branch is exported in float and reported; merged is refused."""
+    q = calibrated(tiny_vit, 8)
+    fc1 = q.blocks[0].mlp.fc1
+    fc1.compensation = LowRankCompensation(fc1.in_features, fc1.out_features, rank=4)
+    with torch.no_grad():
+        fc1.compensation.B.normal_(0, 0.2)
+    model, report = export_model(q, 32)
+    assert report.summary()["float_branches"] == {"blocks.0.mlp.fc1": "low-rank compensation r=4"}
+    assert not report.deployable
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        expected = q(x).numpy()
+    assert np.abs(onnx_logits(model, x) - expected).max() <= logit_step(q)
+    fc1.compensation.merged = True
+    with pytest.raises(UserError, match="blocks.0.mlp.fc1 low-rank compensation"):
+        export_model(q, 32)

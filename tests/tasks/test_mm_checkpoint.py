@@ -80,3 +80,10 @@ def test_classification_checkpoint_is_refused(backbone, tmp_path):
                path)
     with pytest.raises(UserError, match="classification or backbone-only"):
         load_detector_checkpoint(net, path)
+
+
+def test_timm_swin_reports_the_widths_of_its_outputs():
+    """``channels`` is what a neck reads: one width per returned map, also for a subset of stages."""
+    model = TimmSwin(**SWIN, out_indices=(1, 3)).eval()
+    outs = model(torch.zeros(1, 3, 64, 64))
+    assert model.channels == [o.shape[1] for o in outs] == [32, 128]

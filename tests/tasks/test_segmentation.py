@@ -16,18 +16,6 @@ TINY_SEG = ["task=semantic_segmentation", "model=upernet_swin_micro", "data=coco
             "task.max_eval_images=2", "task.image_scale=[128,128]", "method.n_calib=2", "logger=none"]
 
 
-@pytest.fixture(scope="module")
-def semseg_root(tmp_path_factory):
-    """The generator's output for the first 4 COCO128 images."""
-    from conftest import SHARED
-
-    from bench.coco128_semseg import generate
-
-    if not (SHARED / "data" / "coco128").is_dir():
-        pytest.skip(f"coco128 not found under {SHARED}/data (set VITQUANT_SHARED)")
-    return generate(SHARED / "data" / "coco128", tmp_path_factory.mktemp("semseg"), limit=4)
-
-
 @pytest.fixture
 def seg_cfg(semseg_root, tmp_path):
     from conftest import run_config_factory

@@ -1,6 +1,7 @@
 """Export a quantized checkpoint: the function behind ``export.py``.
 
-checkpoint → rebuilt fake-quant model → ONNX graph (``vit.export_vit``) → ``model.onnx`` →
+checkpoint → rebuilt fake-quant model → ONNX graph (``export_model``: ``vit.export_vit`` or
+``swin.export_swin`` by model type) → ``model.onnx`` →
 optionally top-1 of ONNX Runtime and of the fake-quant model on the evaluation set →
 ``metrics.json`` with which sites are integer and which stayed float (``deployable``).
 """
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from timm.models.swin_transformer import SwinTransformer
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 
 from vitquant.config import check_data, evaluation_data, validate_evaluate
 from vitquant.errors import UserError
@@ -25,6 +29,18 @@ log = logging.getLogger("vitquant")
 FORMATS = ("onnx",)
 
 
+def export_model(model: nn.Module, image_size: int, quantize: bool = True):
+    """``(onnx.ModelProto, ExportReport)`` of a ViT/DeiT or Swin twin, by the timm class it is."""
+    from vitquant.export.swin import export_swin
+    from vitquant.export.vit import export_vit  # (imported here: onnx is the optional ``export`` extra)
+
+    for cls, export in ((VisionTransformer, export_vit), (SwinTransformer, export_swin)):
+        if isinstance(model, cls):
+            return export(model, image_size, quantize)
+    raise UserError(f"export supports ViT/DeiT (timm VisionTransformer) and Swin (timm SwinTransformer) models, "
+                    f"not {type(model).__name__}")
+
+
 def validate_export(cfg: DictConfig) -> None:
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format} is not supported; valid: {', '.join(FORMATS)}")
@@ -36,7 +52,6 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     import onnx
 
     from vitquant.export.onnx_runtime import OrtClassifier
-    from vitquant.export.vit import export_vit
 
     run_cfg, state, _ = read_quantized(cfg.checkpoint)
     data_cfg = evaluation_data(cfg, run_cfg.data)
@@ -46,7 +61,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     if not any(True for _ in quantized_sites(qmodel)):
         raise UserError(f"checkpoint={cfg.checkpoint} has no quantized sites (method={run_cfg.method.name}); "
                         "export a checkpoint of a quantization method")
-    model, report = export_vit(qmodel, int(run_cfg.model.input.size))
+    model, report = export_model(qmodel, int(run_cfg.model.input.size))
     out_dir = Path(cfg.out_dir)
     path = atomic_write(out_dir / "model.onnx", lambda tmp: onnx.save(model, tmp))
     metrics: dict[str, Any] = {"model": run_cfg.model.name, "method": run_cfg.method.name,

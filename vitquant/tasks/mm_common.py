@@ -3,8 +3,9 @@ calibration batches and the evaluation loop.
 
 An mm config is named by file name (looked up in the installed package's ``.mim/configs``) or by
 path; ``model.mm_overrides`` (dotted keys) is merged into it. The config's backbone is replaced by
-:class:`~vitquant.tasks.mm_swin.TimmSwin` built from ``model.arch``/``model.kwargs``, and the neck's
-``in_channels`` follow the backbone's widths, so one YAML key changes the whole model size.
+``model.backbone`` (:class:`~vitquant.tasks.mm_swin.TimmSwin` or :class:`~vitquant.tasks.mm_vit.TimmViT`)
+built from ``model.arch``/``model.kwargs``, and the neck's ``in_channels`` follow the backbone's
+widths, so one YAML key changes the whole model size.
 """
 from __future__ import annotations
 
@@ -18,7 +19,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from vitquant.errors import UserError
-from vitquant.tasks.mm_swin import TimmSwin, register
+from vitquant.tasks.mm_backbone import register
+from vitquant.tasks.mm_swin import TimmSwin
+from vitquant.tasks.mm_vit import TimmViT
+
+BACKBONES: dict[str, type[nn.Module]] = {"TimmSwin": TimmSwin, "TimmViT": TimmViT}
 
 
 def require(package: str) -> None:
@@ -51,17 +56,22 @@ def find_config(name: str, package: str) -> Path:
 
 
 def load_mm_config(model_cfg: Mapping[str, Any], package: str):
-    """The mm ``Config`` of ``model_cfg``: file, overrides, TimmSwin backbone, matching neck widths."""
+    """The mm ``Config`` of ``model_cfg``: file, overrides, timm backbone, matching neck widths."""
     from mmengine.config import Config
 
-    register()
+    register(*BACKBONES.values())
+    name = str(model_cfg.get("backbone", "TimmSwin"))
+    if name not in BACKBONES:
+        raise UserError(f"model.backbone={name}: not one of {sorted(BACKBONES)}")
     cfg = Config.fromfile(str(find_config(str(model_cfg["mm_config"]), package)))
     overrides = plain(model_cfg.get("mm_overrides")) or {}
     if overrides:
         cfg.merge_from_dict(dict(overrides), allow_list_keys=True)
     kwargs = plain(model_cfg.get("kwargs")) or {}
-    widths = TimmSwin(str(model_cfg["arch"]), **kwargs).channels  # built only to read the widths
-    cfg.model.backbone = dict(type="TimmSwin", arch=str(model_cfg["arch"]), **kwargs)
+    widths = BACKBONES[name](str(model_cfg["arch"]), **kwargs).channels  # built only to read the widths
+    cfg.model.backbone = dict(type=name, arch=str(model_cfg["arch"]), **kwargs)
+    if cfg.model.get("pretrained"):  # mmseg would pass its ImageNet path to our backbone; ``model.pretrained`` does
+        cfg.model.pretrained = None
     if "neck" in cfg.model and "in_channels" in cfg.model.neck:
         cfg.model.neck.in_channels = list(widths)
     else:  # mmseg: the heads read the backbone directly, at ``in_index``

@@ -21,6 +21,8 @@ import torch
 from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
 from torch import nn
 
+from vitquant.tasks.mm_backbone import pad_to_patch
+
 
 class PadFirstSwinBlock(SwinTransformerBlock):
     """timm's Swin block with the official dense-task order: pad to the window, then shift.
@@ -62,14 +64,13 @@ class TimmSwin(nn.Module):
             if type(module) is SwinTransformerBlock:
                 module.__class__ = PadFirstSwinBlock
         self.out_indices = tuple(out_indices)
-        self.channels = [int(info["num_chs"]) for info in model.feature_info]
+        stage_widths = [int(info["num_chs"]) for info in model.feature_info]
+        self.channels = [stage_widths[i] for i in self.out_indices]  # one per output, as the neck reads them
         for i in self.out_indices:
-            self.add_module(f"norm{i}", nn.LayerNorm(self.channels[i]))
+            self.add_module(f"norm{i}", nn.LayerNorm(stage_widths[i]))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        ph, pw = self.patch_embed.patch_size  # official Swin: pad the image to a multiple of the patch
-        x = nn.functional.pad(x, (0, (pw - x.shape[-1] % pw) % pw, 0, (ph - x.shape[-2] % ph) % ph))
-        x = self.patch_embed(x)  # NHWC
+        x = self.patch_embed(pad_to_patch(x, self.patch_embed.patch_size))  # NHWC
         outs = []
         for i, layer in enumerate(self.layers):
             x = layer(x)
@@ -77,14 +78,3 @@ class TimmSwin(nn.Module):
                 outs.append(getattr(self, f"norm{i}")(x).permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
 
-
-def register() -> None:
-    """Make ``type='TimmSwin'`` buildable from mmdet and mmseg configs (idempotent)."""
-    from mmdet.registry import MODELS as DET_MODELS
-
-    DET_MODELS.register_module("TimmSwin", module=TimmSwin, force=True)
-    try:
-        from mmseg.registry import MODELS as SEG_MODELS
-    except ImportError:  # mmseg is optional for detection
-        return
-    SEG_MODELS.register_module("TimmSwin", module=TimmSwin, force=True)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from vitquant.data.calibration import calibration_ids
-from vitquant.tasks.mm_checkpoint import load_detector_checkpoint
+from vitquant.tasks.mm_checkpoint import load_detector_checkpoint, load_pretrained_backbone
 from vitquant.tasks.mm_common import (
     MMModel,
     build_dataset,
@@ -70,10 +70,13 @@ class MMTask:
 
     # ----------------------------------------------------------------------------- the shared interface
     def build_model(self, load_weights: bool = True) -> nn.Module:
-        """The float network (wrapped for PTQ) in eval mode, with ``model.checkpoint`` loaded."""
+        """The float network (wrapped for PTQ) in eval mode, with ``model.pretrained`` (ImageNet backbone
+        weights) and then ``model.checkpoint`` (the whole network) loaded."""
         net = importlib.import_module(f"{self.package}.registry").MODELS.build(self.mm_cfg.model)
         self.check_model(net)
-        checkpoint = self.model_cfg.get("checkpoint")
+        pretrained, checkpoint = self.model_cfg.get("pretrained"), self.model_cfg.get("checkpoint")
+        if pretrained and load_weights:
+            load_pretrained_backbone(net.backbone, pretrained)
         if checkpoint and load_weights:
             load_detector_checkpoint(net, checkpoint)
         return MMModel(net, self.quantize_heads).eval()
