@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from bench.mm_bench import Bench, run
+from bench.mm_bench import Bench, method_rows, run
 from bench.mm_reference import IMAGES, SCALE
 
 METHODS = ("minmax", "percentile", "mse", "repqvit", "tsptq", "fqvit", "isvit", "qdrop", "ptq4vit")
@@ -24,14 +24,9 @@ def table(rows: list[dict]) -> str:
              f"(AP50 {fp['segm_AP50']:.1f})", "",
              "| method | W/A | box AP | Δ box | box AP50 | mask AP | Δ mask | mask AP50 | calib s |",
              "|---|---|---|---|---|---|---|---|---|"]
-    for r in sorted((r for r in rows if r["method"] != "fp"), key=lambda r: (-r["w_bits"], r["method"])):
-        name = f"{r['method']} ({r['iters']} it)" if "iters" in r else r["method"]
-        if "error" in r:
-            lines.append(f"| {name} | {r['w_bits']}/{r['a_bits']} | n/a: {r['error'][:60]}… |||||||")
-            continue
-        lines.append(f"| {name} | {r['w_bits']}/{r['a_bits']} | {r['bbox_mAP']:.1f} | "
-                     f"{r['bbox_mAP'] - fp['bbox_mAP']:+.1f} | {r['bbox_AP50']:.1f} | {r['segm_mAP']:.1f} | "
-                     f"{r['segm_mAP'] - fp['segm_mAP']:+.1f} | {r['segm_AP50']:.1f} | {r['calib_seconds']:.0f} |")
+    lines += method_rows(rows, lambda r: (
+        f"{r['bbox_mAP']:.1f} | {r['bbox_mAP'] - fp['bbox_mAP']:+.1f} | {r['bbox_AP50']:.1f} | {r['segm_mAP']:.1f} | "
+        f"{r['segm_mAP'] - fp['segm_mAP']:+.1f} | {r['segm_AP50']:.1f} | {r['calib_seconds']:.0f}"), columns=7)
     return "\n".join(lines) + "\n"
 
 

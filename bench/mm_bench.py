@@ -75,6 +75,18 @@ def run(bench: Bench, methods: list[str], bits_list: list[int], n_calib: int, it
     return rows
 
 
+def method_rows(rows: list[dict], cells: Callable[[dict], str], columns: int) -> list[str]:
+    """The markdown rows of every measured cell, highest bits first then by method: ``method (N it)``
+    for the reconstruction methods, ``W/A``, then ``cells(row)`` (the bench's own ``columns`` metric
+    columns), or the method's one-line refusal spanning them."""
+    lines = []
+    for r in sorted((r for r in rows if r["method"] != "fp"), key=lambda r: (-r["w_bits"], r["method"])):
+        name = f"{r['method']} ({r['iters']} it)" if "iters" in r else r["method"]
+        body = f"n/a: {r['error'][:60]}… " + "|" * (columns - 1) if "error" in r else cells(r)
+        lines.append(f"| {name} | {r['w_bits']}/{r['a_bits']} | {body} |")
+    return lines
+
+
 def load_rows(bench: Bench) -> list[dict]:
     path = RESULTS / f"{bench.name}.json"
     return json.loads(path.read_text()) if path.is_file() else []

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import functools
 
-from bench.mm_bench import ITERS, RECONSTRUCTION, Bench, run
+from bench.mm_bench import ITERS, Bench, method_rows, run
 from bench.mm_reference import IMAGES, SCALE
 
 METHODS = ("minmax", "percentile", "mse", "repqvit", "fqvit", "isvit", "qdrop", "tsptq", "ptq4vit")
@@ -23,14 +23,9 @@ def table(rows: list[dict], backbone: str = "micro Swin") -> str:
     lines = [f"FP (reference UperNet, {backbone}, {IMAGES} coco128_semseg training images at {SCALE[0]} px, "
              f"81 classes): mIoU {fp['mIoU']:.2f}, aAcc {fp['aAcc']:.2f}, mAcc {fp['mAcc']:.2f}", "",
              "| method | W/A | mIoU | Δ mIoU | aAcc | Δ aAcc | mAcc | calib s |", "|---|---|---|---|---|---|---|---|"]
-    for r in sorted((r for r in rows if r["method"] != "fp"), key=lambda r: (-r["w_bits"], r["method"])):
-        name = f"{r['method']} ({r['iters']} it)" if r["method"] in RECONSTRUCTION and "iters" in r else r["method"]
-        if "error" in r:
-            lines.append(f"| {name} | {r['w_bits']}/{r['a_bits']} | n/a: {r['error'][:60]}… ||||||")
-            continue
-        lines.append(f"| {name} | {r['w_bits']}/{r['a_bits']} | {r['mIoU']:.2f} | {r['mIoU'] - fp['mIoU']:+.2f} | "
-                     f"{r['aAcc']:.2f} | {r['aAcc'] - fp['aAcc']:+.2f} | {r['mAcc']:.2f} | "
-                     f"{r['calib_seconds']:.0f} |")
+    lines += method_rows(rows, lambda r: (
+        f"{r['mIoU']:.2f} | {r['mIoU'] - fp['mIoU']:+.2f} | {r['aAcc']:.2f} | {r['aAcc'] - fp['aAcc']:+.2f} | "
+        f"{r['mAcc']:.2f} | {r['calib_seconds']:.0f}"), columns=6)
     return "\n".join(lines) + "\n"
 
 

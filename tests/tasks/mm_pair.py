@@ -1,7 +1,13 @@
-"""What the mm task tests share: a float network and its quant twin with every quantizer off."""
+"""What the mm task tests share: the tiny Swin run overrides, and a float network beside its quant twin
+with every quantizer off."""
 from __future__ import annotations
 
 import torch
+
+# A randomly initialised micro Swin backbone at 128 px, 2 calibration and 2 evaluation images.
+TINY_MM_SWIN = ["model.checkpoint=null", "model.kwargs.embed_dim=16", "model.kwargs.depths=[1,1,2,1]",
+                "model.kwargs.num_heads=[1,1,2,2]", "task.max_eval_images=2", "task.image_scale=[128,128]",
+                "method.n_calib=2", "logger=none"]
 
 
 @torch.no_grad()

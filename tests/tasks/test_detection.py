@@ -10,10 +10,9 @@ import torch
 pytest.importorskip("mmdet", reason="needs the mm stack (make setup-mm)")
 pytestmark = pytest.mark.mm
 
-# A randomly initialised micro Mask R-CNN at 128 px, 2 calibration and 2 evaluation images.
-TINY_DET = ["task=instance_segmentation", "model=mask_rcnn_swin_micro", "data=coco128", "model.checkpoint=null",
-            "model.kwargs.embed_dim=16", "model.kwargs.depths=[1,1,2,1]", "model.kwargs.num_heads=[1,1,2,2]",
-            "task.max_eval_images=2", "task.image_scale=[128,128]", "method.n_calib=2", "logger=none"]
+from mm_pair import TINY_MM_SWIN  # noqa: E402
+
+TINY_DET = ["task=instance_segmentation", "model=mask_rcnn_swin_micro", "data=coco128", *TINY_MM_SWIN]
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ from PIL import Image
 pytest.importorskip("mmseg", reason="needs the mm stack (make setup-mm)")
 pytestmark = pytest.mark.mm
 
-TINY_SEG = ["task=semantic_segmentation", "model=upernet_swin_micro", "data=coco128_semseg", "model.checkpoint=null",
-            "model.kwargs.embed_dim=16", "model.kwargs.depths=[1,1,2,1]", "model.kwargs.num_heads=[1,1,2,2]",
-            "task.max_eval_images=2", "task.image_scale=[128,128]", "method.n_calib=2", "logger=none"]
+from mm_pair import TINY_MM_SWIN  # noqa: E402
+
+TINY_SEG = ["task=semantic_segmentation", "model=upernet_swin_micro", "data=coco128_semseg", *TINY_MM_SWIN]
 
 
 @pytest.fixture
