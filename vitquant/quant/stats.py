@@ -10,8 +10,9 @@ Candidate searches (``least_error``) fake-quantize the calibration view once per
 (100-180 candidates for the MSE and two-scale searches), so they score candidates on a smaller
 seeded subsample of at most ``SEARCH_MAX_ELEMENTS`` values: the candidates themselves (ranges,
 quantiles, maxima) still come from the full view, only the choice among them is estimated. 2^22 is
-above every searched tensor of the CIFAR reference models at the methods' range-initialisation image
-counts (at most 3.1M values: swin_cifar's post-GELU at 64 images), so their results are unchanged,
+above every tensor a multi-candidate search sees on the CIFAR reference models at the methods'
+range-initialisation image counts (at most 3.1M values: swin_cifar's post-GELU at 64 images; FQ-ViT's
+100 images give 4.9M there, but its min-max init has one candidate), so their results are unchanged,
 and it bounds the search on dense-task feature maps (a 32-image COCO batch gives 17M-value
 post-GELU tensors: 4× fewer passes of each candidate).
 """
