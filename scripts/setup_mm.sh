@@ -28,7 +28,10 @@ pip() { "$PY" -m pip install --quiet "$@"; }
 # machine without a GPU (CPU CI images ship one) and no arch list would make torch's extension builder fail,
 # so that case builds the CPU ops only. MM_CUDA=0/1 overrides the choice.
 want_cuda() {
-    if [[ -n "${MM_CUDA:-}" ]]; then echo "$MM_CUDA"; return; fi
+    if [[ -n "${MM_CUDA:-}" ]]; then
+        [[ "$MM_CUDA" == 0 || "$MM_CUDA" == 1 ]] || { say "error: MM_CUDA=$MM_CUDA: use 0 (CPU ops) or 1 (CUDA ops)"; exit 2; }
+        echo "$MM_CUDA"; return
+    fi
     command -v nvcc >/dev/null || { echo 0; return; }
     [[ -n "${TORCH_CUDA_ARCH_LIST:-}" ]] && { echo 1; return; }
     "$PY" -c 'import torch, sys; sys.exit(0 if torch.version.cuda and torch.cuda.is_available() else 1)' \
@@ -38,7 +41,9 @@ want_cuda() {
 find_wheel() { ls "$1"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n 1 || true; }
 
 build_from_source() {
+    local force_cuda; force_cuda=$(want_cuda)
     local work; work=$(mktemp -d)
+    say "mmcv ops: $([[ $force_cuda == 1 ]] && echo "CPU and CUDA (arch ${TORCH_CUDA_ARCH_LIST:-of the visible GPU})" || echo CPU)"
     say "building mmcv $MMCV_VERSION from source for torch $TORCH in $work (about an hour on 2 cores)"
     pip "setuptools<81" wheel ninja
     "$PY" -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation "mmcv==$MMCV_VERSION" -d "$work"
@@ -47,8 +52,6 @@ build_from_source() {
     sed -i "s/extra_compile_args\['cxx'\] = \['-std=c++17'\]/extra_compile_args['cxx'] = ['-std=c++20']/" "$setup"
     grep -q "'-std=c++20'" "$setup" || { say "error: the c++20 patch did not apply to $setup"; exit 1; }
     if [[ -n "${MM_PREPARE_ONLY:-}" ]]; then say "sdist downloaded and patched in $work (MM_PREPARE_ONLY)"; exit 0; fi
-    local force_cuda; force_cuda=$(want_cuda)
-    say "mmcv ops: $([[ $force_cuda == 1 ]] && echo "CPU and CUDA (arch ${TORCH_CUDA_ARCH_LIST:-of the visible GPU})" || echo CPU)"
     mkdir -p "$CACHE_DIR"
     MMCV_WITH_OPS=1 FORCE_CUDA=$force_cuda MAX_JOBS=${MAX_JOBS:-2} \
         "$PY" -m pip wheel --no-deps --no-build-isolation "$work/mmcv-$MMCV_VERSION" -w "$CACHE_DIR"

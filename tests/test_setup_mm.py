@@ -29,8 +29,10 @@ def want_cuda(tmp_path, *, nvcc: bool, **env: str) -> str:
         fake.unlink()
     path = f"{bin_dir}:/usr/bin:/bin"  # no system nvcc (some CPU images have one in /usr/local/bin)
     clean = {k: v for k, v in os.environ.items() if k not in ("MM_CUDA", "TORCH_CUDA_ARCH_LIST")}
-    proc = subprocess.run(["bash", "-c", f"{function}\nwant_cuda"], capture_output=True, text=True, check=True,
-                          env={**clean, "PATH": path, "PY": sys.executable, **env})
+    proc = subprocess.run(["bash", "-c", f"say() {{ echo \"setup-mm: $*\" >&2; }}\n{function}\nwant_cuda"],
+                          capture_output=True, text=True, env={**clean, "PATH": path, "PY": sys.executable, **env})
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr.strip())
     return proc.stdout.strip()
 
 
@@ -41,3 +43,8 @@ def test_cuda_ops_only_with_nvcc_and_a_target_architecture(tmp_path):
     assert want_cuda(tmp_path, nvcc=True, TORCH_CUDA_ARCH_LIST="9.0") == "1"
     assert want_cuda(tmp_path, nvcc=False, MM_CUDA="1") == "1"
     assert want_cuda(tmp_path, nvcc=True, TORCH_CUDA_ARCH_LIST="9.0", MM_CUDA="0") == "0"
+
+
+def test_a_bad_mm_cuda_is_one_error_line(tmp_path):
+    with pytest.raises(RuntimeError, match=r"^setup-mm: error: MM_CUDA=yes: use 0 \(CPU ops\) or 1 \(CUDA ops\)$"):
+        want_cuda(tmp_path, nvcc=True, MM_CUDA="yes")
