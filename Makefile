@@ -55,7 +55,7 @@ reference: setup  ## train missing CIFAR reference models into the cache (recipe
 	else echo "reference detector and segmentor skipped: run make setup-mm first"; fi
 
 lint: setup
-	$(BIN)/python -m ruff check vitquant tests bench calibrate.py evaluate.py train.py soft_labels.py export.py
+	$(BIN)/python -m ruff check vitquant tests bench scripts *.py
 
 clean:
 	rm -rf outputs multirun wandb .pytest_cache .ruff_cache

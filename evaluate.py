@@ -1,19 +1,5 @@
 """Evaluate a quantized checkpoint: ``python evaluate.py checkpoint=<run dir>/quantized.pt data=...``."""
-import hydra
-from omegaconf import DictConfig
-
-from vitquant.cli import guarded, preflight
-from vitquant.config import validate_evaluate
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-@guarded
-def main(cfg: DictConfig) -> float:
-    from vitquant.evaluation import run_evaluation
-
-    return run_evaluation(cfg)["top1"]
-
+from vitquant.cli.evaluate import run
 
 if __name__ == "__main__":
-    preflight("evaluate", validate_evaluate)
-    main()
+    run()

@@ -1,24 +1,5 @@
 """Integer export: ``python export.py checkpoint=<run dir>/quantized.pt format=onnx``."""
-import hydra
-from omegaconf import DictConfig
-
-from vitquant.cli import guarded, preflight
-
-
-def validate(cfg: DictConfig) -> None:
-    from vitquant.export.run import validate_export
-
-    validate_export(cfg)
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="export")
-@guarded
-def main(cfg: DictConfig) -> bool:
-    from vitquant.export.run import run_export
-
-    return run_export(cfg)["deployable"]
-
+from vitquant.cli.export import run
 
 if __name__ == "__main__":
-    preflight("export", validate)
-    main()
+    run()

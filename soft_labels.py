@@ -1,30 +1,6 @@
 """Offline multi-crop KD labels (FKD): ``python soft_labels.py model=... data=... soft_labels.dir=<out>``,
 then ``python train.py ... soft_labels.dir=<out>`` replays them instead of running a teacher."""
-import hydra
-from omegaconf import DictConfig
-
-from vitquant.cli import guarded, preflight
-from vitquant.errors import UserError
-from vitquant.qat.config import validate_train
-
-
-def validate(cfg: DictConfig) -> None:
-    if cfg.soft_labels.dir is None:
-        raise UserError("soft_labels.dir is required: the folder to write the soft labels to")
-    from pathlib import Path
-    Path(cfg.soft_labels.dir).mkdir(parents=True, exist_ok=True)
-    validate_train(cfg)
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@guarded
-def main(cfg: DictConfig) -> None:
-    from vitquant.qat.soft_labels import write_soft_labels
-
-    validate(cfg)
-    write_soft_labels(cfg)
-
+from vitquant.cli.soft_labels import run
 
 if __name__ == "__main__":
-    preflight("train", validate)
-    main()
+    run()

@@ -1,20 +1,6 @@
 """Quantization-aware training: ``python train.py qat=vvtq model=deit_tiny data=imagenet bits=2``
 (``torchrun --nproc_per_node=8 train.py ...`` for DDP). Rerun the same command to resume."""
-import hydra
-from omegaconf import DictConfig
-
-from vitquant.cli import guarded, preflight
-from vitquant.qat.config import validate_train
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
-@guarded
-def main(cfg: DictConfig) -> float:
-    from vitquant.qat.run import run_training
-
-    return run_training(cfg)["top1"]
-
+from vitquant.cli.train import run
 
 if __name__ == "__main__":
-    preflight("train", validate_train)
-    main()
+    run()

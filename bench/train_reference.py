@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
     np.random.seed(0)
     torch.set_num_threads(a.threads)
-    cfg = OmegaConf.load(REPO / "conf" / "model" / f"{a.model}.yaml")
+    cfg = OmegaConf.load(REPO / "vitquant" / "conf" / "model" / f"{a.model}.yaml")
     mean = torch.tensor(list(cfg.input.mean)).view(1, 3, 1, 1)
     std = torch.tensor(list(cfg.input.std)).view(1, 3, 1, 1)
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 from vitquant.errors import REPORTED_ERRORS
 from vitquant.io.atomic import discard_failed_run
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # vitquant/conf: ships inside the package
 EXIT_USER_ERROR = 2
 
 
