@@ -215,6 +215,31 @@ def test_broken_examples_are_caught(monkeypatch, tmp_path):
             check(command, monkeypatch, tmp_path)
 
 
+def method_examples() -> list[tuple[str, str]]:
+    """(doc, YAML text) of every ``yaml`` code block that defines a PTQ method (a ``Recipe``)."""
+    return [(str(doc.relative_to(REPO)), block) for doc in DOCS
+            for block in re.findall(r"```yaml\n(.*?)```", doc.read_text(), flags=re.S)
+            if "vitquant.methods.Recipe" in block]
+
+
+@pytest.mark.parametrize("doc,text", method_examples(), ids=lambda v: v if v.endswith(".md") else "")
+def test_documented_method_config_builds_a_recipe(doc, text, tmp_path):
+    import shutil
+
+    from vitquant.ptq import build_recipe
+
+    conf = shutil.copytree(CONF_DIR, tmp_path / "conf")
+    name = yaml_name(text)
+    (conf / "method" / f"{name}.yaml").write_text(text)
+    with initialize_config_dir(str(conf), version_base="1.3"):
+        cfg = compose("calibrate", overrides=[f"method={name}"])
+    assert build_recipe(cfg.method).name == name
+
+
+def yaml_name(text: str) -> str:
+    return re.search(r"^name: (\S+)$", text, flags=re.M).group(1)
+
+
 def make_targets() -> set[str]:
     return set(re.findall(r"^([A-Za-z][\w-]*):", (REPO / "Makefile").read_text(), flags=re.M))
 
