@@ -1,10 +1,10 @@
 """Every command in README.md and docs/*.md composes with Hydra and passes its script's validation (no run).
 
 A command is a ``python <script>.py ...`` / ``torchrun ... <script>.py ...`` / ``vitquant-<script> ...`` line
-(``VAR=value`` prefixes allowed) in a fenced shell code block (``bash``, ``sh``, ``console`` or no language),
-or an inline code span that starts with one. It is composed with the compose API from ``vitquant.cli.CONF_DIR``
-and the config name the script's ``run()`` hands to ``preflight``, then checked with the validation function
-the script uses, so a renamed key, a missing ``+`` or a removed option fails CI.
+(``VAR=value`` prefixes and a ``$`` prompt allowed) in a fenced shell code block (``bash``, ``sh``, ``console``
+or no language), or an inline code span that starts with one. It is composed with the compose API from
+``vitquant.cli.CONF_DIR`` and the config name the script's ``run()`` hands to ``preflight``, then checked with
+the validation function the script uses, so a renamed key, a missing ``+`` or a removed option fails CI.
 
 Conventions for examples (also in docs/architecture.md, "Documentation"):
 * ``<placeholder>``, ``$VAR`` / ``${VAR}`` and a value ``...`` (``data.root=...``) stand for a value the reader
@@ -41,7 +41,7 @@ SHELL_LANGS = {"", "bash", "sh", "shell", "console", "zsh"}
 SCRIPT = re.compile(r"^(?:.*/)?(calibrate|evaluate|train|export|soft_labels)\.py$|^vitquant-(calibrate|evaluate|train|"
                     r"export|soft-labels)$")
 SHELL_SEPARATORS = {"&&", "||", ";", "|", ">", ">>", "2>", "&"}
-LAUNCH = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*=\S*|\S*python3?|torchrun|srun|-\S+)$")  # what may precede a script
+LAUNCH = re.compile(r"^(\$|[A-Za-z_][A-Za-z0-9_]*=\S*|\S*python3?|torchrun|srun|-\S+)$")  # what may precede a script
 HYDRA_OWN = ("hydra.", "hydra/", "+hydra", "~hydra")
 
 
