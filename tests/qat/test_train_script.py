@@ -20,7 +20,7 @@ def tiny_train_args(image_folder) -> list[str]:
 @pytest.mark.parametrize("override,message", [
     ("bits=1", "w_bits=1 is out of range"),
     ("a_bits=9", "a_bits=9 is out of range"),
-    ("teacher.checkpoint=/nonexistent/teacher.pth", "teacher.checkpoint=/nonexistent/teacher.pth: teacher checkpoint"),
+    ("teacher.checkpoint=/nonexistent/teacher.pth", "teacher.checkpoint=/nonexistent/teacher.pth: weights file not found"),
     ("qat.epochs=0", "qat.epochs=0 must be a positive integer"),
 ])
 def test_preflight_rejects_bad_options(override, message, tiny_train_args, capsys):
