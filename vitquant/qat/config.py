@@ -14,7 +14,7 @@ from vitquant.config import (
     resolve_device,
 )
 from vitquant.errors import UserError
-from vitquant.tasks.base import check_task
+from vitquant.tasks.base import check_task, task_class
 
 RESUME_MODES = ("auto", "never")
 
@@ -24,10 +24,11 @@ def validate_train(cfg: DictConfig) -> None:
     model is the quantized checkpoint's (see ``qat.run.adopt_init``)."""
     bit_widths(cfg)
     check_policy(cfg)
-    model = cfg.model if cfg.init is None else read_run_config(cfg.init, "init").model
-    if not check_task(cfg.task, model, cfg.data).can_train:
+    if not task_class(cfg.task).can_train:
         raise UserError(f"task={cfg.task.name} cannot be trained: train.py (QAT) trains classification models; "
                         "quantize this task with calibrate.py (PTQ)")
+    model = cfg.model if cfg.init is None else read_run_config(cfg.init, "init").model
+    check_task(cfg.task, model, cfg.data)
     check_data(cfg)
     check_model_weights(model)
     check_weights(cfg.teacher.get("checkpoint"), "teacher.checkpoint")
