@@ -86,7 +86,8 @@ def check_weights(value: str | None, key: str) -> None:
         else:
             load_lazily(path)
     except Exception as e:  # noqa: BLE001 - every reader failure means the same to the user
-        raise UserError(f"{key}={value} is not a weights file ({type(e).__name__}); set {key} to a "
+        reason = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UserError(f"{key}={value} is not a weights file ({type(e).__name__}: {reason}); set {key} to a "
                         ".pth/.pt/.bin/.safetensors state dict") from None
 
 

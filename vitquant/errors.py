@@ -29,3 +29,7 @@ def unwrap(error: BaseException) -> BaseException:
     while isinstance(error, InstantiationException) and error.__cause__ is not None:
         error = error.__cause__
     return error
+
+
+class UnsupportedError(UserError, NotImplementedError):
+    """A model or option the quant twins do not implement (the message names it and what is supported)."""

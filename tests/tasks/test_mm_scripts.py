@@ -18,17 +18,17 @@ from mm_pair import TINY_MM_SWIN  # noqa: E402
 
 
 def calibrate_then_evaluate_cli(overrides: list[str], tmp_path) -> tuple[dict, dict, subprocess.CompletedProcess]:
-    """Calibrate in-process (seconds), then ``python evaluate.py checkpoint=...`` with no task/data overrides."""
+    """Calibrate in-process (seconds), then ``python evaluate.py checkpoint=...`` with no task/data overrides;
+    the metrics.json of both runs."""
     from vitquant.ptq import run_calibration
 
-    calibrated = run_calibration(run_config_factory(overrides, tmp_path)("method=minmax", "bits=8", "eval_fp=false"))
+    run_calibration(run_config_factory(overrides, tmp_path)("method=minmax", "bits=8", "eval_fp=false"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
     command = [sys.executable, str(REPO / "evaluate.py"), "checkpoint=run/quantized.pt", "hydra.run.dir=ev"]
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    written = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert written == {k: calibrated[k] for k in written}
-    return written, json.loads((tmp_path / "ev" / "metrics.json").read_text()), proc
+    return (json.loads((tmp_path / "run" / "metrics.json").read_text()),
+            json.loads((tmp_path / "ev" / "metrics.json").read_text()), proc)
 
 
 def test_evaluate_cli_on_an_instance_segmentation_checkpoint(shared_dir, tmp_path):

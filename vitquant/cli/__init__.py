@@ -75,7 +75,7 @@ def preflight(config_name: str, validate: Callable[[DictConfig], Any], argv: lis
     """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
+    from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -89,6 +89,8 @@ def preflight(config_name: str, validate: Callable[[DictConfig], Any], argv: lis
             cfg.out_dir = "."  # ${hydra:runtime.output_dir} has no value before Hydra runs the job
         OmegaConf.resolve(cfg)  # every interpolation (${oc.env:...}) resolves now, not mid-run
         validate(cfg)
+    except MissingMandatoryValue as e:
+        fail(f"{e.full_key} has no default: set it on the command line ({e.full_key}=...)")
     except (HydraException, OmegaConfBaseException, UserError) as e:
         error = unwrap(e)
         if error is not e and not isinstance(error, REPORTED_ERRORS):
