@@ -38,7 +38,9 @@ def test_evaluate_cli_on_an_instance_segmentation_checkpoint(shared_dir, tmp_pat
     keys = [f"{m}_{k}" for m in ("bbox", "segm") for k in ("mAP", "AP50", "AP75")]
     assert again["task"] == "instance_segmentation" and again["primary_metric"] == "bbox_mAP"
     assert {k: again[k] for k in keys} == {k: written[k] for k in keys}
-    assert again["n_eval_images"] == written["n_eval_images"] == 2
+    assert again["n_eval_images"] == written["n_eval_images"] == 2  # (the random micro detector's AP is 0)
+    assert {k: again[k] for k in ("model", "method", "w_bits", "a_bits")} == \
+        {k: written[k] for k in ("model", "method", "w_bits", "a_bits")}
 
 
 def test_evaluate_cli_on_a_semantic_segmentation_checkpoint(semseg_root, tmp_path):
@@ -46,4 +48,5 @@ def test_evaluate_cli_on_a_semantic_segmentation_checkpoint(semseg_root, tmp_pat
            f"data.root={semseg_root}", *TINY_MM_SWIN]
     written, again, _ = calibrate_then_evaluate_cli(run, tmp_path)
     assert again["task"] == "semantic_segmentation" and again["primary_metric"] == "mIoU"
+    assert written["aAcc"] > 0  # the same non-trivial numbers, from the same quantized segmentor
     assert {k: again[k] for k in ("mIoU", "aAcc", "mAcc")} == {k: written[k] for k in ("mIoU", "aAcc", "mAcc")}
