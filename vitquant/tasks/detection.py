@@ -32,6 +32,7 @@ class DetectionTask(MMTask):
     package = "mmdet"
     data_format = "coco"
     example_model = "mask_rcnn_swin_tiny"
+    example_data = "coco"
 
     def __init__(self, model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], metrics: Sequence[str] = ("bbox",),
                  **options: Any) -> None:

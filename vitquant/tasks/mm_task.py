@@ -3,7 +3,7 @@
 :class:`MMTask` implements :class:`~vitquant.tasks.base.Task` (``build_model``, ``calibration_images``,
 ``evaluate``, the pre-flight ``check_config``) for any mm config (``model.mm_config``) with its backbone
 replaced by the timm Swin or ViT (``TimmSwin``/``TimmViT``, :mod:`vitquant.tasks.mm_common`). A task
-on it names its ``package``, ``data_format`` and an ``example_model``, and says only what differs:
+on it names its ``package``, ``data_format``, an ``example_model`` and ``example_data``, and says only what differs:
 the data set config of a split, the evaluator, and how the evaluator's output becomes our metric keys.
 mm tasks cannot train (``can_train`` is False): QAT is classification only.
 """
@@ -44,6 +44,7 @@ class MMTask(Task):
     package: ClassVar[str] = ""        # the mm package whose registries build the model and data
     data_format: ClassVar[str] = ""    # the ``data.format`` its data sets have
     example_model: ClassVar[str] = ""  # a model config of this task, for error messages
+    example_data: ClassVar[str] = ""   # a data config of ``data_format``, for error messages
 
     def __init__(self, model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], batch_size: int = 1,
                  num_workers: int = 0, max_eval_images: int | None = None, image_scale: Sequence[int] | None = None,
@@ -82,7 +83,8 @@ class MMTask(Task):
                             "task=classification with it")
         if data_cfg.get("format") != cls.data_format:
             raise UserError(f"task={name} needs data.format={cls.data_format} data, but data={data_cfg.get('name')} "
-                            f"has data.format={data_cfg.get('format')}; use data= of the task's format")
+                            f"has data.format={data_cfg.get('format')}; use a data set of that format (e.g. "
+                            f"data={cls.example_data})")
         require(cls.package, f"task={name}")
         try:
             find_config(str(model_cfg["mm_config"]), cls.package)

@@ -22,6 +22,7 @@ class SegmentationTask(MMTask):
     package = "mmseg"
     data_format = "mmseg"
     example_model = "upernet_swin_tiny"
+    example_data = "ade20k"
     metric_keys = METRICS
     primary_metric = "mIoU"
 
