@@ -52,3 +52,51 @@ def test_evaluate_needs_an_existing_checkpoint(capsys, tmp_path):
 
 def test_valid_command_passes_preflight():
     preflight("calibrate", validate_calibrate, ["method=minmax", "model=vit_cifar", "bits=4", "w_bits=6"])
+
+
+def hydra_job(tmp_path, target: dict):
+    """A guarded job that instantiates ``target`` (as the pipelines do configs), run folder ``tmp_path/run``."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from vitquant.cli import guarded
+
+    (tmp_path / "run" / ".hydra").mkdir(parents=True)
+    return lambda: guarded(lambda cfg: instantiate(target))(OmegaConf.create({"out_dir": str(tmp_path / "run")}))
+
+
+def test_user_error_inside_an_instantiated_constructor_is_one_line(tmp_path, capsys):
+    job = hydra_job(tmp_path, {"_target_": "vitquant.tasks.base.task_class", "_recursive_": False,
+                               "task_cfg": {"_target_": "nope.Task"}})
+    with pytest.raises(SystemExit) as exit_info:
+        job()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == EXIT_USER_ERROR and "\n" not in err
+    assert err.startswith("error: task._target_=nope.Task cannot be imported")
+    assert not (tmp_path / "run").exists()
+
+
+def test_bug_inside_an_instantiated_constructor_keeps_its_own_traceback_and_the_folder(tmp_path):
+    job = hydra_job(tmp_path, {"_target_": "vitquant.tasks.base.task_options", "task_cfg": 3})
+    with pytest.raises(AttributeError) as info:  # the bug itself, not Hydra's "Error in call to target" summary
+        job()
+    assert info.traceback[-1].name == "task_options" and (tmp_path / "run" / ".hydra").is_dir()
+
+
+def test_builtin_value_error_is_a_bug_not_a_user_error(tmp_path):
+    from omegaconf import OmegaConf
+
+    from vitquant.cli import guarded
+
+    def buggy(cfg):
+        raise ValueError("internal invariant broken")
+
+    (tmp_path / "run").mkdir()
+    with pytest.raises(ValueError, match="internal invariant"):
+        guarded(buggy)(OmegaConf.create({"out_dir": str(tmp_path / "run")}))
+    assert (tmp_path / "run").is_dir()
+
+
+def test_task_options_are_checked_against_the_task(capsys):
+    err = run_preflight(capsys, "task.batch_size=8", "+task.image_scale=[64,64]")
+    assert "task.image_scale is not an option of task=classification" in err and "max_eval_images" in err

@@ -10,10 +10,28 @@ from pathlib import Path
 from conftest import REPO, TINY_RUN
 
 
-def run(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+def run(script: str, *args: str, cwd: Path, path: tuple[Path, ...] = ()) -> subprocess.CompletedProcess:
+    """``python <script> <args>`` in ``cwd``; ``path``: folders put first on PYTHONPATH (plugins, hidden packages)."""
+    pythonpath = os.pathsep.join([*map(str, path), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONPATH": pythonpath}
     return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
+
+
+def hidden(tmp_path: Path, *packages: str) -> Path:
+    """A folder that, first on PYTHONPATH, makes ``import <package>`` fail as on a machine without it."""
+    folder = tmp_path / "hidden"
+    for name in packages:
+        (folder / name).mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(f"raise ImportError('{name} is hidden by the test')\n")
+    return folder
+
+
+def one_error_line(proc: subprocess.CompletedProcess) -> str:
+    """The single ``error: ...`` line of a refused command (exit code 2)."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
 
 
 def test_calibrate_then_evaluate_cli(image_folder, tmp_path):
@@ -55,14 +73,55 @@ def test_bad_input_is_one_line_nonzero_and_writes_nothing(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_error_found_during_the_run_removes_its_folder(image_folder, tmp_path):
+def test_file_that_is_no_checkpoint_is_refused_up_front_by_its_key(image_folder, tmp_path):
     corrupt = tmp_path / "weights.pth"
     corrupt.write_bytes(b"\x00garbage")
-    proc = run("calibrate.py", *TINY_RUN, f"data.root={image_folder}", f"model.checkpoint={corrupt}",
-               "hydra.run.dir=out", cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: ")
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    for key, value in (("model.checkpoint", corrupt), ("model.checkpoint", "/etc/passwd")):
+        proc = run("calibrate.py", *TINY_RUN, f"data.root={image_folder}", f"{key}={value}", "hydra.run.dir=out",
+                   cwd=tmp_path)
+        assert f"{key}={value} is not a weights file" in one_error_line(proc)
+        assert not (tmp_path / "out").exists()
+
+
+def test_task_and_model_of_different_tasks_are_refused_up_front(tmp_path):
+    for args, named in ((["task=detection", "model=vit_cifar"], ("task=detection", "model=vit_cifar")),
+                        (["task=classification", "model=mask_rcnn_swin_micro"],
+                         ("task=classification", "model=mask_rcnn_swin_micro"))):
+        line = one_error_line(run("calibrate.py", *args, "hydra.run.dir=out", cwd=tmp_path))
+        assert all(n in line for n in named), line
     assert not (tmp_path / "out").exists()
+
+
+def test_missing_optional_packages_are_one_line_before_any_work(tmp_path):
+    """A machine without the mm stack, onnx or the submitit launcher: each command that needs one says so."""
+    no_extras = hidden(tmp_path, "mmdet", "onnx", "submitit")
+    line = one_error_line(run("calibrate.py", "task=detection", "model=mask_rcnn_swin_micro", "data=coco128",
+                              "hydra.run.dir=out", cwd=tmp_path, path=(no_extras,)))
+    assert "task=detection needs mmdet" in line and "make setup-mm" in line
+    line = one_error_line(run("calibrate.py", "-m", "hydra/launcher=local", "bits=4,8",
+                              f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path, path=(no_extras,)))
+    assert "hydra/launcher=local needs submitit" in line
+    line = one_error_line(run("export.py", "checkpoint=nowhere.pt", "hydra.run.dir=out", cwd=tmp_path,
+                              path=(no_extras,)))
+    assert "export.py needs onnx" in line
+    assert not (tmp_path / "out").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_internal_error_keeps_its_traceback_and_the_run_log(image_folder, tmp_path):
+    """A bug of ours (here a builtin ValueError from a calibration stage, injected through a plugin module the
+    method config names) is not a user error: traceback, non-zero exit, and the run folder keeps its log."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "vq_bug.py").write_text("def broken_stage(model, ctx, **options):\n"
+                                       "    raise ValueError('injected internal bug')\n")
+    proc = run("calibrate.py", *TINY_RUN, f"data.root={image_folder}", "method=minmax",
+               "method.stages.0._target_=vq_bug.broken_stage", "hydra.run.dir=out", cwd=tmp_path, path=(plugins,))
+    assert proc.returncode not in (0, 2), proc.stderr
+    assert "Traceback" in proc.stderr and "vq_bug.py" in proc.stderr and "injected internal bug" in proc.stderr
+    assert not proc.stderr.startswith("error: ")
+    log = (tmp_path / "out" / "calibrate.log").read_text()
+    assert "Traceback" in log and "ValueError: injected internal bug" in log
+    assert not (tmp_path / "out" / "metrics.json").exists()
 
 
 def test_nan_weight_checkpoint_is_one_line_naming_the_tensor(image_folder, tmp_path):

@@ -1,9 +1,13 @@
 """Checks on a composed run config that Hydra's own schema cannot express.
 
-Each failure is one line naming the bad value and what is valid, raised before any work starts.
+Each failure is one line naming the bad value and what is valid, raised before any work starts
+(the entry scripts' pre-flight runs these before Hydra creates a run folder; the pipelines run them
+again first thing, for callers that skip the pre-flight).
 """
 from __future__ import annotations
 
+import argparse
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +15,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vitquant.errors import UserError
+from vitquant.io.quantized_checkpoint import FORMAT as QUANTIZED_FORMAT
 from vitquant.methods.recipe import BitWidths
 from vitquant.nn.site import SITE_KINDS
+from vitquant.tasks.base import check_task
 
 BIT_KEYS = ("w_bits", "a_bits", "end_bits", "end_a_bits")
 
@@ -53,6 +59,60 @@ def check_policy(cfg: DictConfig) -> None:
 def check_path(value: str | None, key: str, what: str) -> None:
     if value is not None and not Path(value).exists():
         raise UserError(f"{key}={value}: {what} not found (paths are relative to the launch directory)")
+
+
+def load_lazily(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` of ``path`` without reading tensor data (memory-mapped) when the file
+    is in torch's zip format. Official DeiT files pickle an ``argparse.Namespace``: allowed, as on load."""
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+
+
+def check_weights(value: str | None, key: str) -> None:
+    """``key`` (``model.checkpoint``, ``teacher.checkpoint``, ``model.pretrained``) names a weights file: a
+    ``.safetensors`` header or a torch file that unpickles safely. Only the header/pickle is read, so a wrong
+    file (``/etc/passwd``) is refused up front, by its key; whether the weights fit the model is checked on load."""
+    if value is None:
+        return
+    path = Path(value)
+    if not path.is_file():
+        raise UserError(f"{key}={value}: weights file not found (paths are relative to the launch directory)")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), "pt") as f:
+                f.keys()
+        else:
+            load_lazily(path)
+    except Exception as e:  # noqa: BLE001 - every reader failure means the same to the user
+        reason = (str(e).strip().splitlines() or [""])[0][:120]
+        raise UserError(f"{key}={value} is not a weights file ({type(e).__name__}: {reason}); set {key} to a "
+                        ".pth/.pt/.bin/.safetensors state dict") from None
+
+
+def read_run_config(value: str | None, key: str) -> DictConfig:
+    """The run config inside the quantized checkpoint ``key`` (``checkpoint``, ``init``) names; tensors unread."""
+    path = Path(str(value))
+    if value is None or not path.is_file():
+        raise UserError(f"{key}={value}: quantized checkpoint not found; pass the quantized.pt of a calibrate.py "
+                        "or train.py run (paths are relative to the launch directory)")
+    try:
+        blob = load_lazily(path)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt/foreign file
+        raise UserError(f"{key}={value} is corrupt or not a vitquant quantized checkpoint ({type(e).__name__}); "
+                        "pass the quantized.pt of a calibrate.py or train.py run") from None
+    if not isinstance(blob, dict) or blob.get("format") != QUANTIZED_FORMAT:
+        raise UserError(f"{key}={value} is not a vitquant quantized checkpoint (expected format "
+                        f"{QUANTIZED_FORMAT}); pass the quantized.pt of a calibrate.py or train.py run")
+    return OmegaConf.create(blob["config"])
+
+
+def check_model_weights(model: DictConfig) -> None:
+    """``model.checkpoint`` and, for mm models (an ImageNet backbone file), ``model.pretrained``."""
+    check_weights(model.get("checkpoint"), "model.checkpoint")
+    if isinstance(model.get("pretrained"), str):
+        check_weights(model.pretrained, "model.pretrained")
 
 
 def check_data(cfg: DictConfig) -> None:
@@ -99,14 +159,15 @@ def validate_calibrate(cfg: DictConfig) -> None:
     """Everything about a calibration config that can be checked before loading anything."""
     bit_widths(cfg)
     check_policy(cfg)
+    check_task(cfg.task, cfg.model, cfg.data)
     check_data(cfg)
-    check_path(cfg.model.checkpoint, "model.checkpoint", "checkpoint file")
+    check_model_weights(cfg.model)
     resolve_device(cfg.device)
 
 
-def data_overrides(cfg: DictConfig) -> dict[str, Any]:
-    """The ``data.*`` keys an evaluate config sets (``conf/evaluate.yaml`` leaves the rest null)."""
-    return {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=True).items() if v is not None}
+def set_keys(node: DictConfig) -> dict[str, Any]:
+    """The keys of an evaluate config's ``data``/``task`` node that the command line set (the rest are null)."""
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if v is not None}
 
 
 def evaluation_data(cfg: DictConfig, checkpoint_data: DictConfig) -> DictConfig:
@@ -114,15 +175,23 @@ def evaluation_data(cfg: DictConfig, checkpoint_data: DictConfig) -> DictConfig:
     data with the command line's ``data.*`` keys on top (a moved data set needs only ``data.root=``)."""
     if cfg.data.name is not None:
         return cfg.data
-    return OmegaConf.merge(checkpoint_data, data_overrides(cfg))
+    return OmegaConf.merge(checkpoint_data, set_keys(cfg.data))
 
 
-def validate_evaluate(cfg: DictConfig) -> None:
-    """Checkpoint, device and, where the command line names it, the data folder (the rest of the
-    data comes from the checkpoint and is checked once it is read)."""
-    check_path(cfg.checkpoint, "checkpoint", "quantized checkpoint")
-    if cfg.data.name is not None:
-        check_data(cfg)
-    else:
-        check_path(cfg.data.root, "data.root", "data folder")
+def evaluation_task(cfg: DictConfig, checkpoint_task: DictConfig) -> DictConfig:
+    """The task an evaluation runs: a chosen ``task=<name>`` group as it is, otherwise the checkpoint's
+    task with the command line's ``task.*`` keys on top (``task.max_eval_images=100``)."""
+    if cfg.task.get("name") is not None:
+        return cfg.task
+    return OmegaConf.merge(checkpoint_task, set_keys(cfg.task))
+
+
+def validate_evaluate(cfg: DictConfig) -> DictConfig:
+    """Checkpoint, the task and data it is evaluated on (its own unless the command line says otherwise)
+    and device; returns the checkpoint's run config."""
+    run_cfg = read_run_config(cfg.checkpoint, "checkpoint")
+    data = evaluation_data(cfg, run_cfg.data)
+    check_task(evaluation_task(cfg, run_cfg.task), run_cfg.model, data)
+    check_data(OmegaConf.create({"data": data}))
     resolve_device(cfg.device)
+    return run_cfg

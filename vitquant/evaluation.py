@@ -1,8 +1,9 @@
 """Re-evaluate a quantized checkpoint: the function behind ``evaluate.py``.
 
 The model, method, policy and bits come from the checkpoint (so the exact quantized model is
-rebuilt); data (by default the checkpoint's own, with any ``data.*`` key of the command line on
-top), task options, device and logger come from the command line.
+rebuilt); the task and data are the checkpoint's own too, with any ``task.*``/``data.*`` key of the
+command line on top (``task=<name>``/``data=<name>`` replace them); device and logger come from the
+command line.
 """
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vitquant.config import bit_widths, check_data, evaluation_data, resolve_device, validate_evaluate
+from vitquant.config import bit_widths, evaluation_data, evaluation_task, resolve_device, validate_evaluate
 from vitquant.io.atomic import write_json
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import load_quantized_state, read_quantized
 from vitquant.models.quantize import quantized_twin
-from vitquant.ptq import build_recipe, build_task, metric_keys
+from vitquant.ptq import build_recipe
 from vitquant.runtime import timer
+from vitquant.tasks.base import build_task
 
 log = logging.getLogger("vitquant")
 
@@ -40,19 +42,19 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     logger = RunLogger(cfg.logger, OmegaConf.to_container(cfg, resolve=True), str(out_dir),
                        f"eval-{run_cfg.model.name}-{run_cfg.method.name}-w{run_cfg.w_bits}a{run_cfg.a_bits}")
     try:
-        data_cfg = evaluation_data(cfg, run_cfg.data)
-        check_data(OmegaConf.create({"data": data_cfg}))
-        task = build_task(cfg.task, run_cfg.model, data_cfg)
+        task_cfg = evaluation_task(cfg, run_cfg.task)
+        task = build_task(task_cfg, run_cfg.model, evaluation_data(cfg, run_cfg.data))
         qmodel = rebuild_quantized(run_cfg, state, cfg.checkpoint, task).to(device)
         with timer() as t:
             metrics = task.evaluate(qmodel, device)
-        out = {"task": cfg.task.name, "model": run_cfg.model.name, "method": run_cfg.method.name,
+        out = {"task": task_cfg.name, "model": run_cfg.model.name, "method": run_cfg.method.name,
                "policy": run_cfg.policy.name, "w_bits": run_cfg.w_bits, "a_bits": run_cfg.a_bits,
-               **{k: metrics[k] for k in metric_keys(task)}, "n_eval_images": metrics["n_images"],
-               "eval_seconds": t["seconds"], "checkpoint": str(cfg.checkpoint), "n_calib": len(calib_ids)}
+               **{k: metrics[k] for k in task.metric_keys}, "primary_metric": task.primary_metric,
+               "n_eval_images": metrics["n_images"], "eval_seconds": t["seconds"], "checkpoint": str(cfg.checkpoint),
+               "n_calib": len(calib_ids)}
         write_json(out_dir / "metrics.json", out)
         logger.summary(out)
-        log.info("%s: %s", cfg.checkpoint, ", ".join(f"{k} {out[k]:.2f}" for k in metric_keys(task)))
+        log.info("%s: %s", cfg.checkpoint, ", ".join(f"{k} {out[k]:.2f}" for k in task.metric_keys))
         return out
     finally:
         logger.finish()

@@ -25,19 +25,9 @@ from vitquant.models.finite import check_calibrated
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import uncalibrated_sites
 from vitquant.runtime import peak_memory_mb, seed_everything, timer
+from vitquant.tasks.base import build_task
 
 log = logging.getLogger("vitquant")
-
-
-def build_task(task_cfg: DictConfig, model_cfg: DictConfig, data_cfg: DictConfig):
-    """Instantiate the task config (its ``name`` is bookkeeping, not a constructor argument)."""
-    options = {k: v for k, v in task_cfg.items() if k != "name"}
-    return instantiate(options, model_cfg=model_cfg, data_cfg=data_cfg, _convert_="all")
-
-
-def metric_keys(task) -> list[str]:
-    """The task's quality metrics, primary first (classification: top1, top5; detection: COCO AP)."""
-    return list(getattr(task, "metric_keys", ("top1", "top5")))
 
 
 def build_recipe(method_cfg: DictConfig) -> Recipe:
@@ -71,13 +61,13 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         check_calibrated(qmodel, recipe.name)
         if cfg.get("diagnostics"):
             write_site_diagnostics(qmodel, images[: cfg.diagnostics_images], device, out_dir, logger, run_name)
-        keys = metric_keys(task)
+        keys = list(task.metric_keys)
         fp_metrics = dict.fromkeys(keys)
         with timer() as fp_eval:
             if cfg.eval_fp:
                 fp_metrics = task.evaluate(fp_model, device)
         with timer() as q_eval:
-            q_metrics = task.evaluate(qmodel, device)
+            q_metrics = task.evaluate(qmodel, device, reference=fp_model)
         metrics = {
             "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "policy": cfg.policy.name,
             "w_bits": bits.w, "a_bits": bits.a, "end_bits": bits.end_w, "end_a_bits": bits.end_a,
@@ -85,10 +75,8 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
             "n_eval_images": q_metrics["n_images"],
             "n_calib": recipe.n_calib, "calib_seconds": calib["seconds"], "eval_seconds": q_eval["seconds"],
             "fp_eval_seconds": fp_eval["seconds"] if cfg.eval_fp else None, "peak_memory_mb": peak_memory_mb(device),
-            "seed": cfg.seed, "device": str(device), **ctx.metrics,
+            "seed": cfg.seed, "device": str(device), "primary_metric": task.primary_metric, **ctx.metrics,
         }
-        if keys[0] != "top1":  # classification's keys stay as they were
-            metrics["primary_metric"] = keys[0]
         save_quantized(out_dir / "quantized.pt", qmodel, OmegaConf.create(run_config), calib_ids)
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(run_config))
         write_json(out_dir / "calib_ids.json", calib_ids)

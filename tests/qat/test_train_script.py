@@ -20,7 +20,7 @@ def tiny_train_args(image_folder) -> list[str]:
 @pytest.mark.parametrize("override,message", [
     ("bits=1", "w_bits=1 is out of range"),
     ("a_bits=9", "a_bits=9 is out of range"),
-    ("teacher.checkpoint=/nonexistent/teacher.pth", "teacher.checkpoint=/nonexistent/teacher.pth: teacher checkpoint"),
+    ("teacher.checkpoint=/nonexistent/teacher.pth", "teacher.checkpoint=/nonexistent/teacher.pth: weights file"),
     ("qat.epochs=0", "qat.epochs=0 must be a positive integer"),
 ])
 def test_preflight_rejects_bad_options(override, message, tiny_train_args, capsys):
@@ -41,3 +41,22 @@ def test_init_that_is_not_a_quantized_checkpoint(tiny_train_args, tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "not a vitquant quantized checkpoint" in lines[0]
     assert not out.exists()
+
+
+def test_teacher_checkpoint_that_is_no_weights_file_is_refused_up_front(tiny_train_args, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "train.py", *tiny_train_args, "teacher.checkpoint=/etc/passwd",
+                           f"hydra.run.dir={out}"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: teacher.checkpoint=/etc/passwd is not a weights file"), lines[0]
+    assert "model.checkpoint" not in lines[0] and not out.exists()
+
+
+def test_a_task_that_cannot_train_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        preflight("train", validate_train, ["task=semantic_segmentation", "model=upernet_swin_micro",
+                                            "data=coco128_semseg", "model.checkpoint=null"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "task=semantic_segmentation cannot be trained" in err[0], err

@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from vitquant.cli import guarded, preflight
+from vitquant.cli import guarded, preflight, primary_metric
 from vitquant.config import validate_calibrate
 
 
@@ -11,8 +11,7 @@ from vitquant.config import validate_calibrate
 def main(cfg: DictConfig) -> float:
     from vitquant.ptq import run_calibration
 
-    metrics = run_calibration(cfg)
-    return metrics[metrics.get("primary_metric", "top1")]
+    return primary_metric(run_calibration(cfg))
 
 
 def run() -> None:

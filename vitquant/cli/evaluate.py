@@ -2,7 +2,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from vitquant.cli import guarded, preflight
+from vitquant.cli import guarded, preflight, primary_metric
 from vitquant.config import validate_evaluate
 
 
@@ -11,7 +11,7 @@ from vitquant.config import validate_evaluate
 def main(cfg: DictConfig) -> float:
     from vitquant.evaluation import run_evaluation
 
-    return run_evaluation(cfg)["top1"]
+    return primary_metric(run_evaluation(cfg))
 
 
 def run() -> None:

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from vitquant.cli import guarded, preflight
+from vitquant.cli import guarded, preflight, primary_metric
 from vitquant.qat.config import validate_train
 
 
@@ -12,7 +12,7 @@ from vitquant.qat.config import validate_train
 def main(cfg: DictConfig) -> float:
     from vitquant.qat.run import run_training
 
-    return run_training(cfg)["top1"]
+    return primary_metric(run_training(cfg))
 
 
 def run() -> None:

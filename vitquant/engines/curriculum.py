@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterator
 
 import torch
 
+from vitquant.errors import UserError
+
 
 def random_batches(n: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
     """Endless batches of ``batch_size`` distinct indices drawn uniformly from ``range(n)``."""
@@ -41,7 +43,7 @@ def curriculum_batches(losses: torch.Tensor, batch_size: int, iters: int, genera
                        start: float = 0.3, grow: float = 0.5) -> Iterator[torch.Tensor]:
     """Batches drawn from the easiest ⌈λ(t)·n⌉ samples at step t (at least ``batch_size`` of them)."""
     if not 0.0 < start <= 1.0:
-        raise ValueError(f"curriculum start fraction {start} must be in (0, 1]")
+        raise UserError(f"curriculum start fraction {start} must be in (0, 1]")
     order = torch.argsort(losses, stable=True)
     n = len(order)
     step = 0

@@ -185,10 +185,10 @@ def hessian_scale_search(model: nn.Module, ctx: CalibContext,
                          eq_alpha: float = 0.01, eq_beta: float = 1.2, eq_n: int = 100) -> None:
     """Search the quantizers of ``kinds`` (and their partners) by the Hessian-guided metric."""
     if rounds < 1:
-        raise ValueError(f"rounds={rounds} must be at least 1")
+        raise UserError(f"rounds={rounds} must be at least 1")
     unsupported = set(kinds) - set(SEARCHABLE_KINDS)
     if unsupported:
-        raise ValueError(f"hessian search has no consumer layer for kinds {sorted(unsupported)}; "
+        raise UserError(f"hessian search has no consumer layer for kinds {sorted(unsupported)}; "
                          f"searchable: {', '.join(SEARCHABLE_KINDS)}")
     targets, hooks = find_targets(model, kinds)
     if not targets:

@@ -43,6 +43,7 @@ from torch import nn
 
 from vitquant.engines.context import CalibContext
 from vitquant.engines.reconstruction import ReconHook, UnitData, is_block
+from vitquant.errors import UserError
 from vitquant.nn.linear import QuantLinear
 from vitquant.nn.lowrank import LowRankCompensation
 
@@ -77,11 +78,11 @@ class LowRankHook(ReconHook):
                  search_fraction: float = 0.6, estimator: str = "sample", baseline_decay: float = 0.9,
                  layers: Sequence[str] = BLOCK_LINEARS, seed: int = 0) -> None:
         if form not in FORMS:
-            raise ValueError(f"form={form!r} is not one of {FORMS}")
+            raise UserError(f"form={form!r} is not one of {FORMS}")
         if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator={estimator!r} is not one of {ESTIMATORS}")
+            raise UserError(f"estimator={estimator!r} is not one of {ESTIMATORS}")
         if not 0.0 <= search_warmup <= search_fraction <= 1.0:
-            raise ValueError(f"need 0 <= search_warmup ({search_warmup}) <= search_fraction ({search_fraction}) <= 1")
+            raise UserError(f"need 0 <= search_warmup ({search_warmup}) <= search_fraction ({search_fraction}) <= 1")
         self.enabled, self.form, self.search = bool(enabled), form, bool(search)
         self.ranks, self.fixed_rank, self.max_fraction = tuple(int(r) for r in ranks), int(fixed_rank), max_fraction
         self.lr, self.alpha_lr, self.tau, self.rank_cost = lr, alpha_lr, tau, rank_cost

@@ -64,6 +64,7 @@ from tqdm import tqdm
 from vitquant.engines.context import CalibContext
 from vitquant.engines.curriculum import curriculum_batches, random_batches, sample_losses
 from vitquant.engines.qdrop import mix, quant_dropout
+from vitquant.errors import UserError
 from vitquant.nn import QuantAttention, QuantConv2d, QuantLinear, QuantWindowAttention
 from vitquant.nn.site import iter_sites, quantized_sites, set_calibrating
 from vitquant.quant.adaround import AdaRound
@@ -227,7 +228,7 @@ def adaround(unit: nn.Module) -> Iterator[list[AdaRound]]:
     layers = [m for m in unit.modules() if isinstance(m, (QuantLinear, QuantConv2d))
               and m.weight_site.enabled and m.weight_site.quantizer is not None]
     if not layers:
-        raise ValueError("round_mode='adaround' needs enabled weight quantizers in the unit "
+        raise UserError("round_mode='adaround' needs enabled weight quantizers in the unit "
                          "(initialise weights with init_ranges(weights=True) first)")
     originals = [m.weight_site.quantizer for m in layers]
     rounders = [AdaRound(q, m.weight) for m, q in zip(layers, originals)]
@@ -286,11 +287,11 @@ def reconstruct_blocks(model: nn.Module, ctx: CalibContext, iters: int = 1000, b
                        curriculum_start: float = 0.3, curriculum_grow: float = 0.5) -> None:
     """Reconstruct every unit of ``model`` in order against ``ctx.fp_model`` (module docstring)."""
     if input_source not in INPUT_SOURCES:
-        raise ValueError(f"input_source={input_source!r} is not one of {INPUT_SOURCES}")
+        raise UserError(f"input_source={input_source!r} is not one of {INPUT_SOURCES}")
     if round_mode not in ROUND_MODES:
-        raise ValueError(f"round_mode={round_mode!r} is not one of {ROUND_MODES}")
+        raise UserError(f"round_mode={round_mode!r} is not one of {ROUND_MODES}")
     if not 0.0 <= drop_prob <= 1.0:
-        raise ValueError(f"drop_prob={drop_prob} is not a probability")
+        raise UserError(f"drop_prob={drop_prob} is not a probability")
     if ctx.fp_model is model:
         raise ValueError("ctx.fp_model must be a separate float model, not the model being quantized")
     check_initialised(model)

@@ -11,12 +11,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from timm.models.swin_transformer import SwinTransformer
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from vitquant.config import check_data, evaluation_data, validate_evaluate
+from vitquant.config import evaluation_data, validate_evaluate
 from vitquant.errors import UserError
 from vitquant.evaluation import rebuild_quantized
 from vitquant.io.atomic import atomic_write, write_json
@@ -42,9 +42,18 @@ def export_model(model: nn.Module, image_size: int, quantize: bool = True):
 
 
 def validate_export(cfg: DictConfig) -> None:
+    """Format, the onnx package, and a classification checkpoint (``validate_evaluate``'s checks too)."""
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format} is not supported; valid: {', '.join(FORMATS)}")
-    validate_evaluate(cfg)
+    try:
+        import onnx  # noqa: F401 - the optional ``export`` extra
+    except ImportError as e:
+        raise UserError(f"export.py needs onnx, which cannot be imported ({e}); "
+                        "pip install 'vitquant[export]'") from None
+    run_cfg = validate_evaluate(cfg)
+    if run_cfg.task.name != "classification":
+        raise UserError(f"checkpoint={cfg.checkpoint} is a task={run_cfg.task.name} model; export.py exports "
+                        "classification models (ViT/DeiT, Swin)")
 
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
@@ -54,9 +63,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
     from vitquant.export.onnx_runtime import OrtClassifier
 
     run_cfg, state, _ = read_quantized(cfg.checkpoint)
-    data_cfg = evaluation_data(cfg, run_cfg.data)
-    check_data(OmegaConf.create({"data": data_cfg}))
-    task = build_task(cfg.task, run_cfg.model, data_cfg)
+    task = build_task(cfg.task, run_cfg.model, evaluation_data(cfg, run_cfg.data))
     qmodel = rebuild_quantized(run_cfg, state, cfg.checkpoint, task).eval()
     if not any(True for _ in quantized_sites(qmodel)):
         raise UserError(f"checkpoint={cfg.checkpoint} has no quantized sites (method={run_cfg.method.name}); "

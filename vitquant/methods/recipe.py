@@ -51,7 +51,7 @@ class Recipe:
                  n_calib: int, kind_bits: Mapping[str, int] | None = None, **options: object) -> None:
         unknown = set(quantizers) - set(ACTIVATION_KINDS) - {"weight", "activation"}
         if unknown:
-            raise ValueError(f"method {name}: unknown site kinds {sorted(unknown)}; "
+            raise UserError(f"method {name}: unknown site kinds {sorted(unknown)}; "
                              f"valid: weight, activation, {', '.join(ACTIVATION_KINDS)}")
         self.name = name
         self.quantizers = dict(quantizers)
@@ -74,7 +74,7 @@ class Recipe:
         for name, site in iter_sites(model):
             factory = self.factory_for(site.kind) if site.kind in enabled else None
             if site.kind in enabled and factory is None:
-                raise ValueError(f"method {self.name} has no quantizer for site kind {site.kind!r} ({name}), "
+                raise UserError(f"method {self.name} has no quantizer for site kind {site.kind!r} ({name}), "
                                  "which the policy quantizes; add it to the method's quantizers")
             n_bits = self.kind_bits.get(site.kind, bits.for_site(site))
             site.quantizer = self.build(factory, site.kind, n_bits, site.channel_dim, seed) if factory else None
@@ -85,7 +85,7 @@ class Recipe:
     def build(self, factory: QuantizerFactory, kind: str, bits: int, channel_dim: int, seed: int) -> Quantizer:
         try:
             return factory(bits=bits, channel_dim=channel_dim, seed=seed)
-        except TypeError as e:  # an option the (swapped-in) quantizer does not take
+        except (TypeError, UserError) as e:  # an option the (swapped-in) quantizer does not take, or a bad value
             raise UserError(f"method {self.name}: quantizer for site kind {kind!r}: {e}") from None
 
     def calibrate(self, model: nn.Module, ctx: CalibContext) -> None:

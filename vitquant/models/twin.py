@@ -12,6 +12,7 @@ from timm.layers import LayerNorm as TimmLayerNorm
 from timm.models.swin_transformer import PatchMerging, WindowAttention
 from torch import nn
 
+from vitquant.errors import UnsupportedError
 from vitquant.nn import QuantAttention, QuantConv2d, QuantLayerNorm, QuantLinear, QuantWindowAttention
 
 LINEAR_INPUT_KINDS = {
@@ -35,10 +36,10 @@ def check_supported(model: nn.Module) -> None:
     """Refuse timm modules whose computation the twins would silently change."""
     for path, module in model.named_modules():
         if hasattr(module, "fused_attn") and type(module) not in ATTENTION_TWINS:
-            raise NotImplementedError(f"{path or 'model'} is a {type(module).__name__}, which has no quant twin "
+            raise UnsupportedError(f"{path or 'model'} is a {type(module).__name__}, which has no quant twin "
                                       f"(supported attention: {', '.join(t.__name__ for t in ATTENTION_TWINS)})")
         if type(module) is Mlp and not isinstance(module.norm, nn.Identity):
-            raise NotImplementedError(f"{path}: Mlp with a hidden norm is not supported by the quant twins")
+            raise UnsupportedError(f"{path}: Mlp with a hidden norm is not supported by the quant twins")
 
 
 def to_quant_twin(model: nn.Module) -> nn.Module:

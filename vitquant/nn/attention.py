@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vitquant.errors import UnsupportedError
 from vitquant.nn.site import QuantSite
 
 
@@ -26,7 +27,7 @@ def attention_sites(module: nn.Module) -> None:
 
 def refuse(condition: bool, what: str) -> None:
     if condition:
-        raise NotImplementedError(f"quant twin does not implement timm's {what}; "
+        raise UnsupportedError(f"quant twin does not implement timm's {what}; "
                                   "build the model without it or add it to vitquant.nn")
 
 

@@ -36,6 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vitquant.errors import UserError
+
 if TYPE_CHECKING:
     from vitquant.nn.linear import QuantLinear
 
@@ -47,7 +49,7 @@ class LowRankCompensation(nn.Module):
                  merged: bool = False, tau: float = 1.0, generator: torch.Generator | None = None) -> None:
         super().__init__()
         if rank < 1:
-            raise ValueError(f"rank={rank} must be at least 1")
+            raise UserError(f"rank={rank} must be at least 1")
         self.merged = bool(merged)
         self.tau = float(tau)
         self.A = nn.Parameter(torch.empty(rank, in_features))
@@ -59,7 +61,7 @@ class LowRankCompensation(nn.Module):
         self.alpha: nn.Parameter | None = None
         if candidates is not None and len(candidates) > 1:
             if sorted(set(candidates)) != list(candidates) or candidates[0] < 0 or candidates[-1] != rank:
-                raise ValueError(f"candidates {list(candidates)} must be increasing, ≥ 0, the largest = rank {rank}")
+                raise UserError(f"candidates {list(candidates)} must be increasing, ≥ 0, the largest = rank {rank}")
             self.candidates = tuple(int(r) for r in candidates)
             self.alpha = nn.Parameter(torch.zeros(len(self.candidates)))
         self.active = rank

@@ -3,19 +3,35 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from vitquant.config import bit_widths, check_data, check_path, check_policy, resolve_device
+from vitquant.config import (
+    bit_widths,
+    check_data,
+    check_model_weights,
+    check_path,
+    check_policy,
+    check_weights,
+    read_run_config,
+    resolve_device,
+)
 from vitquant.errors import UserError
+from vitquant.tasks.base import check_task, task_class
 
 RESUME_MODES = ("auto", "never")
 
 
 def validate_train(cfg: DictConfig) -> None:
+    """Everything about a QAT config that can be checked before loading anything. With ``init=``, the
+    model is the quantized checkpoint's (see ``qat.run.adopt_init``)."""
     bit_widths(cfg)
     check_policy(cfg)
+    if not task_class(cfg.task).can_train:
+        raise UserError(f"task={cfg.task.name} cannot be trained: train.py (QAT) trains classification models; "
+                        "quantize this task with calibrate.py (PTQ)")
+    model = cfg.model if cfg.init is None else read_run_config(cfg.init, "init").model
+    check_task(cfg.task, model, cfg.data)
     check_data(cfg)
-    check_path(cfg.model.checkpoint, "model.checkpoint", "checkpoint file")
-    check_path(cfg.teacher.get("checkpoint"), "teacher.checkpoint", "teacher checkpoint")
-    check_path(cfg.init, "init", "quantized checkpoint to fine-tune")
+    check_model_weights(model)
+    check_weights(cfg.teacher.get("checkpoint"), "teacher.checkpoint")
     check_path(cfg.soft_labels.dir, "soft_labels.dir", "soft-label folder")
     if cfg.resume not in RESUME_MODES:
         raise UserError(f"resume={cfg.resume} is not one of {', '.join(RESUME_MODES)}")

@@ -171,7 +171,7 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
         "train_cpu_seconds": trainer.position.train_cpu_seconds, "epochs": cfg.qat.epochs,
         "steps": trainer.position.step,
         "oscillation_rate": history[-1].get("oscillation_rate"), "n_eval_images": max_eval, "seed": cfg.seed,
-        "device": str(device), "world_size": dist.world, "init": cfg.init,
+        "device": str(device), "world_size": dist.world, "init": cfg.init, "primary_metric": task.primary_metric,
     }
     run_config = OmegaConf.to_container(cfg, resolve=True)
     return TrainResult(trainer.module, metrics, run_config, trainer.position.calib_ids)

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from vitquant.errors import UserError
 from vitquant.quant.stats import DEFAULT_MAX_ELEMENTS, SEARCH_MAX_ELEMENTS, subsample_rows, to_rows
 
 GRANULARITIES = ("tensor", "channel", "head")
@@ -36,9 +37,9 @@ class Quantizer(nn.Module):
                  seed: int = 0) -> None:
         super().__init__()
         if granularity not in GRANULARITIES:
-            raise ValueError(f"granularity={granularity!r} is not one of {GRANULARITIES}")
+            raise UserError(f"granularity={granularity!r} is not one of {GRANULARITIES}")
         if not 1 <= int(bits) <= 16:
-            raise ValueError(f"bits={bits} is out of range 1..16")
+            raise UserError(f"bits={bits} is out of range 1..16")
         self.bits = int(bits)
         self.granularity = granularity
         self.channel_dim = channel_dim

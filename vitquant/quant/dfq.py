@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
 from vitquant.quant.stats import least_error, quantile_rows
 from vitquant.quant.ste import round_ste
@@ -41,10 +42,10 @@ class DynamicFocusingQuantizer(Quantizer):
                  zero_level: bool = False, **kw) -> None:
         super().__init__(bits, granularity, channel_dim, **kw)
         if zero_level and self.bits < 2:
-            raise ValueError("zero_level needs bits >= 2 (one code is the zero)")
+            raise UserError("zero_level needs bits >= 2 (one code is the zero)")
         for p in (*lower_quantiles, *upper_quantiles):
             if not 0.0 <= float(p) <= 1.0:
-                raise ValueError(f"quantile {p} is not in [0, 1]")
+                raise UserError(f"quantile {p} is not in [0, 1]")
         self.lower_quantiles = tuple(float(p) for p in lower_quantiles)
         self.upper_quantiles = tuple(float(p) for p in upper_quantiles)
         self.zero_level = bool(zero_level)

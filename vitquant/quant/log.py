@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
 from vitquant.quant.stats import least_error, quantile_rows
 from vitquant.quant.ste import round_ste
@@ -29,7 +30,7 @@ class LogQuantizer(Quantizer):
                  fixed_scale: float | None = None, **kw) -> None:
         super().__init__(bits, granularity, channel_dim, **kw)
         if levels_per_octave not in (1, 2):
-            raise ValueError(f"levels_per_octave={levels_per_octave} must be 1 (log2) or 2 (log√2)")
+            raise UserError(f"levels_per_octave={levels_per_octave} must be 1 (log2) or 2 (log√2)")
         self.levels_per_octave = int(levels_per_octave)
         self.percentiles = tuple(float(p) for p in percentiles)
         self.fixed_scale = fixed_scale

@@ -31,6 +31,7 @@ import math
 import torch
 from torch import nn
 
+from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
 from vitquant.quant.ste import grad_scale, round_ste
 
@@ -48,12 +49,12 @@ class LSQQuantizer(Quantizer):
                  init: str | None = None, **kw) -> None:
         super().__init__(bits, granularity, channel_dim, **kw)
         if role not in ROLES:
-            raise ValueError(f"role={role!r} is not one of {ROLES}")
+            raise UserError(f"role={role!r} is not one of {ROLES}")
         if grad_scale not in GRAD_SCALES:
-            raise ValueError(f"grad_scale={grad_scale!r} is not one of {GRAD_SCALES}")
+            raise UserError(f"grad_scale={grad_scale!r} is not one of {GRAD_SCALES}")
         init = init or ("mse" if role == "weight" else "mean_abs")
         if init not in INITS:
-            raise ValueError(f"init={init!r} is not one of {INITS}")
+            raise UserError(f"init={init!r} is not one of {INITS}")
         self.role, self.signed, self.learn_offset = role, bool(signed), bool(learn_offset)
         self.grad_scale_mode, self.init = grad_scale, init
         self.scale = nn.Parameter(torch.ones(1))

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
 from vitquant.quant.stats import least_error, to_rows
 from vitquant.quant.ste import round_ste
@@ -53,7 +54,7 @@ class SULQuantizer(Quantizer):
                  official_grid: bool = True, **kw) -> None:
         super().__init__(bits, granularity, channel_dim, **kw)
         if not shifts or min(shifts) <= 0:
-            raise ValueError(f"shifts={list(shifts)} must be a non-empty list of positive values")
+            raise UserError(f"shifts={list(shifts)} must be a non-empty list of positive values")
         self.shifts = tuple(float(s) for s in shifts)
         self.round_exponent = bool(round_exponent)
         self.official_grid = bool(official_grid)

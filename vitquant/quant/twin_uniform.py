@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import torch
 
+from vitquant.errors import UserError
 from vitquant.quant.two_scale import TwoRegionQuantizer
 
 MODES = ("softmax", "gelu")
@@ -43,9 +44,9 @@ class TwinUniformQuantizer(TwoRegionQuantizer):
                  eq_alpha: float = 0.01, eq_beta: float = 1.2, eq_n: int = 100, **kw) -> None:
         super().__init__(bits, granularity, channel_dim, **kw)
         if mode not in MODES:
-            raise ValueError(f"mode={mode!r} is not one of {MODES}")
+            raise UserError(f"mode={mode!r} is not one of {MODES}")
         if self.bits < 2:
-            raise ValueError("a twin uniform quantizer needs at least 2 bits (flag + 1)")
+            raise UserError("a twin uniform quantizer needs at least 2 bits (flag + 1)")
         self.mode = mode
         self.max_shift = int(max_shift)
         self.eq_alpha, self.eq_beta, self.eq_n = float(eq_alpha), float(eq_beta), int(eq_n)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import torch
 
+from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
 from vitquant.quant.stats import least_error
 from vitquant.quant.ste import round_ste
@@ -102,7 +103,7 @@ class TwoScaleQuantizer(TwoRegionQuantizer):
                  signed_fine: bool = False, max_shift: int = 8, grid: int = 20, **kw) -> None:
         super().__init__(bits, granularity, channel_dim, **kw)
         if self.bits < (3 if signed_fine else 2):
-            raise ValueError(f"bits={bits} leaves no magnitude bits besides the flag (and sign)")
+            raise UserError(f"bits={bits} leaves no magnitude bits besides the flag (and sign)")
         self.signed_fine = bool(signed_fine)
         self.max_shift = int(max_shift)
         self.grid = int(grid)

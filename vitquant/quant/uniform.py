@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import torch
 
+from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
 from vitquant.quant.stats import least_error, quantile_rows
 from vitquant.quant.ste import needs_grad, round_ste
@@ -58,7 +59,7 @@ class UniformQuantizer(Quantizer):
                  percentiles: Sequence[float] = (0.999, 0.9999, 0.99999), grid: int = 100, **kw) -> None:
         super().__init__(bits, granularity, channel_dim, **kw)
         if init not in INITS:
-            raise ValueError(f"init={init!r} is not one of {INITS}")
+            raise UserError(f"init={init!r} is not one of {INITS}")
         self.symmetric = bool(symmetric)
         self.init = init
         self.percentiles = tuple(float(p) for p in percentiles)

@@ -1,3 +1,4 @@
 """Tasks: build the model and data of one benchmark, sample calibration images, evaluate.
 
-Only this package imports task-specific ecosystems (mmdet/mmseg for detection/segmentation)."""
+Every task implements the contract :class:`vitquant.tasks.base.Task` (``docs/tasks.md``). Only this
+package imports task-specific ecosystems (mmdet/mmseg for detection/segmentation)."""

@@ -6,7 +6,7 @@ as in the PTQ-ViT codes (spec ``protocol.md`` §0); see :mod:`vitquant.data.cali
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -14,17 +14,23 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
 from vitquant.data.calibration import calibration_ids, load_images
-from vitquant.data.datasets import build_dataset
+from vitquant.data.datasets import FORMATS, build_dataset
 from vitquant.data.transforms import eval_transform
+from vitquant.errors import UserError
 from vitquant.models.build import build_model
+from vitquant.tasks.base import Task
 
 
-class ClassificationTask:
-    """Model + data of one classification benchmark.
+class ClassificationTask(Task):
+    """Model + data of one classification benchmark (a timm model, :data:`~vitquant.data.datasets.FORMATS` data).
 
     ``max_eval_images`` keeps N evenly spaced validation images for quick runs: folder data sets
     are ordered by class, so a strided subset covers every class where the first N would not.
     """
+
+    can_train: ClassVar[bool] = True
+    metric_keys: tuple[str, ...] = ("top1", "top5")
+    primary_metric: str = "top1"
 
     def __init__(self, model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], batch_size: int = 100,
                  num_workers: int = 0, max_eval_images: int | None = None):
@@ -32,6 +38,21 @@ class ClassificationTask:
         self.batch_size, self.num_workers, self.max_eval_images = batch_size, num_workers, max_eval_images
         self.transform = eval_transform(model_cfg["input"])
         self._datasets: dict[str, Dataset] = {}
+
+    @classmethod
+    def check_config(cls, task_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                     data_cfg: Mapping[str, Any]) -> None:
+        """A timm model (no ``model.mm_config``) on an image-classification data set."""
+        name = task_cfg.get("name")
+        if model_cfg.get("mm_config") is not None:
+            raise UserError(f"task={name} needs a timm classification model, but model={model_cfg.get('name')} is a "
+                            f"detection/segmentation network (model.mm_config={model_cfg['mm_config']}); use "
+                            "task=detection, instance_segmentation or semantic_segmentation with it, or a "
+                            "classification model (e.g. model=deit_tiny)")
+        if data_cfg.get("format") not in FORMATS:
+            raise UserError(f"task={name} needs a classification data set, but data={data_cfg.get('name')} has "
+                            f"data.format={data_cfg.get('format')} (valid: {', '.join(FORMATS)}); use e.g. "
+                            "data=imagenet or data=cifar10")
 
     def build_model(self, load_weights: bool = True) -> nn.Module:
         """The float model in eval mode (``load_weights=False``: architecture only)."""
@@ -57,7 +78,8 @@ class ClassificationTask:
         return Subset(val, torch.linspace(0, len(val) - 1, n).round().long().tolist())
 
     @torch.no_grad()  # not inference_mode: quantizer buffers must stay usable by autograd later
-    def evaluate(self, model: nn.Module, device: torch.device | str = "cpu") -> dict[str, float | int]:
+    def evaluate(self, model: nn.Module, device: torch.device | str = "cpu",
+                 reference: nn.Module | None = None) -> dict[str, float | int]:
         """Top-1/top-5 accuracy (percent) of ``model`` on the validation split (or its subset)."""
         device = torch.device(device)
         loader = DataLoader(self.eval_dataset(), batch_size=self.batch_size, shuffle=False,

@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from vitquant.errors import UserError
+from vitquant.tasks.mm_common import read_mm_config
 from vitquant.tasks.mm_task import MMTask
 
+METRICS = ("bbox", "segm")  # CocoMetric's box and mask AP
 AP_KEYS = {"mAP": "mAP", "AP50": "mAP_50", "AP75": "mAP_75"}  # ours -> CocoMetric's suffix
 
 
@@ -30,18 +30,31 @@ class DetectionTask(MMTask):
     """
 
     package = "mmdet"
+    data_format = "coco"
+    example_model = "mask_rcnn_swin_tiny"
+    example_data = "coco"
 
     def __init__(self, model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], metrics: Sequence[str] = ("bbox",),
                  **options: Any) -> None:
         super().__init__(model_cfg, data_cfg, **options)
         self.metrics = list(metrics)
-        self.metric_keys = [f"{m}_{k}" for m in self.metrics for k in AP_KEYS]
+        self.metric_keys = tuple(f"{m}_{k}" for m in self.metrics for k in AP_KEYS)
         self.primary_metric = self.metric_keys[0]
 
-    def check_model(self, net: nn.Module) -> None:
-        if "segm" in self.metrics and not getattr(net, "with_mask", False):
-            raise UserError(f"task=instance_segmentation needs a model with a mask head; {self.model_cfg['name']} "
-                            "has none (use task=detection)")
+    @classmethod
+    def check_config(cls, task_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                     data_cfg: Mapping[str, Any]) -> None:
+        """As :meth:`MMTask.check_config`, plus: ``metrics`` are COCO's, and mask AP needs a mask head."""
+        metrics = list(task_cfg.get("metrics") or ("bbox",))
+        if metrics[0] != "bbox" or not set(metrics) <= set(METRICS):
+            raise UserError(f"task.metrics={metrics}: use [bbox] (task=detection) or [bbox, segm] "
+                            "(task=instance_segmentation)")
+        super().check_config(task_cfg, model_cfg, data_cfg)
+        net = read_mm_config(model_cfg, cls.package).model
+        if "segm" in metrics and not ((net.get("roi_head") or {}).get("mask_head") or net.get("mask_head")):
+            raise UserError(f"task={task_cfg.get('name')} needs a model with a mask head; "
+                            f"model={model_cfg.get('name')} has none (use task=detection, or a Mask R-CNN model "
+                            "such as model=mask_rcnn_swin_tiny)")
 
     def dataset_config(self, split: str) -> dict[str, Any]:
         """COCO json + image folder of ``split`` (``data.<split>_ann``, ``data.<split>_images``)."""

@@ -26,14 +26,15 @@ from vitquant.tasks.mm_vit import TimmViT
 BACKBONES: dict[str, type[nn.Module]] = {"TimmSwin": TimmSwin, "TimmViT": TimmViT}
 
 
-def require(package: str) -> None:
-    """One-line error when the optional mm stack is missing."""
+def require(package: str, who: str = "this task") -> None:
+    """One-line error when the optional mm stack is missing (or broken: an mmcv built for another torch)."""
     import importlib
 
     try:
         importlib.import_module(package)
     except ImportError as e:
-        raise UserError(f"this task needs {package} ({e}); install the mm stack with `make setup-mm`") from None
+        raise UserError(f"{who} needs {package}, which cannot be imported ({e}); install the mm stack with "
+                        "`make setup-mm` (pip install alone cannot: mmcv has no wheel for this torch)") from None
 
 
 def plain(value: Any) -> Any:
@@ -55,18 +56,24 @@ def find_config(name: str, package: str) -> Path:
     return hits[0]
 
 
-def load_mm_config(model_cfg: Mapping[str, Any], package: str):
-    """The mm ``Config`` of ``model_cfg``: file, overrides, timm backbone, matching neck widths."""
+def read_mm_config(model_cfg: Mapping[str, Any], package: str):
+    """The mm ``Config`` file of ``model_cfg`` with ``model.mm_overrides`` merged in (backbone as the file has it)."""
     from mmengine.config import Config
 
-    register(*BACKBONES.values())
-    name = str(model_cfg.get("backbone", "TimmSwin"))
-    if name not in BACKBONES:
-        raise UserError(f"model.backbone={name}: not one of {sorted(BACKBONES)}")
     cfg = Config.fromfile(str(find_config(str(model_cfg["mm_config"]), package)))
     overrides = plain(model_cfg.get("mm_overrides")) or {}
     if overrides:
         cfg.merge_from_dict(dict(overrides), allow_list_keys=True)
+    return cfg
+
+
+def load_mm_config(model_cfg: Mapping[str, Any], package: str):
+    """The mm ``Config`` of ``model_cfg``: file, overrides, timm backbone, matching neck widths."""
+    register(*BACKBONES.values())
+    name = str(model_cfg.get("backbone", "TimmSwin"))
+    if name not in BACKBONES:
+        raise UserError(f"model.backbone={name}: not one of {sorted(BACKBONES)}")
+    cfg = read_mm_config(model_cfg, package)
     kwargs = plain(model_cfg.get("kwargs")) or {}
     widths = BACKBONES[name](str(model_cfg["arch"]), **kwargs).channels  # built only to read the widths
     cfg.model.backbone = dict(type=name, arch=str(model_cfg["arch"]), **kwargs)

@@ -1,25 +1,30 @@
-"""The task interface on an mm model: what the mmdet and mmseg adapters share.
+"""The task contract on an mm model: what the mmdet and mmseg adapters share.
 
-:class:`MMTask` has the interface of :class:`~vitquant.tasks.classification.ClassificationTask`
-(``build_model``, ``calibration_images``, ``evaluate``) for any mm config (``model.mm_config``) with
-its backbone replaced by the timm Swin (``TimmSwin``, :mod:`vitquant.tasks.mm_common`). A task on it
-names its ``package`` and says only what differs: the data set config of a split, the evaluator, and
-how the evaluator's output becomes our metric keys.
+:class:`MMTask` implements :class:`~vitquant.tasks.base.Task` (``build_model``, ``calibration_images``,
+``evaluate``, the pre-flight ``check_config``) for any mm config (``model.mm_config``) with its backbone
+replaced by the timm Swin or ViT (``TimmSwin``/``TimmViT``, :mod:`vitquant.tasks.mm_common`). A task
+on it names its ``package``, ``data_format``, an ``example_model`` and ``example_data``, and says only what differs:
+the data set config of a split, the evaluator, and how the evaluator's output becomes our metric keys.
+mm tasks cannot train (``can_train`` is False): QAT is classification only.
 """
 from __future__ import annotations
 
 import importlib
+from abc import abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from vitquant.data.calibration import calibration_ids
+from vitquant.errors import UserError
+from vitquant.tasks.base import Task
 from vitquant.tasks.mm_checkpoint import load_detector_checkpoint, load_pretrained_backbone
 from vitquant.tasks.mm_common import (
     MMModel,
     build_dataset,
+    find_config,
     load_mm_config,
     preprocess,
     require,
@@ -28,7 +33,7 @@ from vitquant.tasks.mm_common import (
 )
 
 
-class MMTask:
+class MMTask(Task):
     """Model + data of one dense-prediction benchmark on ``package`` (``mmdet`` or ``mmseg``).
 
     ``image_scale`` (w, h) overrides the test ``Resize``; ``max_eval_images`` keeps the first N
@@ -36,9 +41,10 @@ class MMTask:
     Calibration images come from the *train* split through the *test* pipeline (``protocol.md`` §0).
     """
 
-    package: str = ""
-    metric_keys: list[str]
-    primary_metric: str
+    package: ClassVar[str] = ""        # the mm package whose registries build the model and data
+    data_format: ClassVar[str] = ""    # the ``data.format`` its data sets have
+    example_model: ClassVar[str] = ""  # a model config of this task, for error messages
+    example_data: ClassVar[str] = ""   # a data config of ``data_format``, for error messages
 
     def __init__(self, model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], batch_size: int = 1,
                  num_workers: int = 0, max_eval_images: int | None = None, image_scale: Sequence[int] | None = None,
@@ -53,27 +59,43 @@ class MMTask:
         self._datasets: dict[str, Any] = {}
 
     # ----------------------------------------------------------------------------- what a task says
-    def dataset_config(self, split: str) -> dict[str, Any]:  # pragma: no cover - abstract
+    @abstractmethod
+    def dataset_config(self, split: str) -> dict[str, Any]:
         """The mm data set config of ``split`` (``train``/``val``) with ``self.pipeline``."""
-        raise NotImplementedError
 
-    def make_evaluator(self, val) -> Any:  # pragma: no cover - abstract
+    @abstractmethod
+    def make_evaluator(self, val) -> Any:
         """The mm ``Evaluator`` for the validation data set ``val``."""
-        raise NotImplementedError
 
-    def read_metrics(self, raw: dict[str, float]) -> dict[str, float]:  # pragma: no cover - abstract
+    @abstractmethod
+    def read_metrics(self, raw: dict[str, float]) -> dict[str, float]:
         """The evaluator's output as ``{metric key: value in percent}``."""
-        raise NotImplementedError
-
-    def check_model(self, net: nn.Module) -> None:
-        """Refuse a model this task cannot evaluate (one-line ``UserError``); default: accept."""
 
     # ----------------------------------------------------------------------------- the shared interface
+    @classmethod
+    def check_config(cls, task_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any],
+                     data_cfg: Mapping[str, Any]) -> None:
+        """An mm model of ``package`` (``model.mm_config``) on ``data_format`` data, with the mm stack installed."""
+        name, model = task_cfg.get("name"), model_cfg.get("name")
+        if model_cfg.get("mm_config") is None:
+            raise UserError(f"task={name} needs an {cls.package} network (a model with model.mm_config, e.g. "
+                            f"model={cls.example_model}), but model={model} is a timm classification model; use "
+                            "task=classification with it")
+        if data_cfg.get("format") != cls.data_format:
+            raise UserError(f"task={name} needs data.format={cls.data_format} data, but data={data_cfg.get('name')} "
+                            f"has data.format={data_cfg.get('format')}; use a data set of that format (e.g. "
+                            f"data={cls.example_data})")
+        require(cls.package, f"task={name}")
+        try:
+            find_config(str(model_cfg["mm_config"]), cls.package)
+        except UserError as e:
+            raise UserError(f"model={model} is not an {cls.package} network for task={name}: {e}; use a model of "
+                            f"the task (e.g. model={cls.example_model})") from None
+
     def build_model(self, load_weights: bool = True) -> nn.Module:
         """The float network (wrapped for PTQ) in eval mode, with ``model.pretrained`` (ImageNet backbone
         weights) and then ``model.checkpoint`` (the whole network) loaded."""
         net = importlib.import_module(f"{self.package}.registry").MODELS.build(self.mm_cfg.model)
-        self.check_model(net)
         pretrained, checkpoint = self.model_cfg.get("pretrained"), self.model_cfg.get("checkpoint")
         if pretrained and load_weights:
             load_pretrained_backbone(net.backbone, pretrained)
@@ -97,8 +119,10 @@ class MMTask:
         net = self.build_model(load_weights=False).net  # only its data preprocessor is used
         return preprocess(net, train, ids), ids
 
-    def evaluate(self, model: nn.Module, device: torch.device | str = "cpu") -> dict[str, float | int]:
-        """The task's metrics (percent) of ``model`` on the validation split, and ``n_images``."""
+    def evaluate(self, model: nn.Module, device: torch.device | str = "cpu",
+                 reference: nn.Module | None = None) -> dict[str, float | int]:
+        """The task's metrics (percent) of ``model`` on the validation split, and ``n_images``
+        (``reference`` is ignored: the metrics compare against the annotations)."""
         from mmengine.dataset import DefaultSampler, pseudo_collate
         from torch.utils.data import DataLoader
 

@@ -24,6 +24,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from vitquant.errors import UserError
 from vitquant.tasks.mm_backbone import pad_to_patch
 
 
@@ -43,9 +44,9 @@ class TimmViT(nn.Module):
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
         model = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="token", **kwargs)
         if model.num_prefix_tokens != 1 or not model.has_class_token or model.no_embed_class:
-            raise ValueError(f"TimmViT: {arch} must have exactly one class token with a position embedding "
-                             "(as mmseg's VisionTransformer); distilled, register-token and no-embed-class ViTs "
-                             "are not supported")
+            raise UserError(f"model.arch={arch}: the TimmViT backbone needs exactly one class token with a position "
+                            "embedding (as mmseg's VisionTransformer); distilled, register-token and no-embed-class "
+                            "ViTs are not supported, use e.g. model.arch=deit_small_patch16_224")
         self.patch_embed, self.cls_token, self.pos_embed = model.patch_embed, model.cls_token, model.pos_embed
         self.patch_embed.flatten, self.patch_embed.strict_img_size = False, False  # (B, C, h, w) of any size
         self.norm_pre, self.blocks = model.norm_pre, model.blocks

@@ -20,7 +20,10 @@ class SegmentationTask(MMTask):
     """Model + data of one semantic-segmentation benchmark (mmseg folder layout, ``data/*.yaml``)."""
 
     package = "mmseg"
-    metric_keys = list(METRICS)
+    data_format = "mmseg"
+    example_model = "upernet_swin_tiny"
+    example_data = "ade20k"
+    metric_keys = METRICS
     primary_metric = "mIoU"
 
     def __init__(self, model_cfg: Mapping[str, Any], data_cfg: Mapping[str, Any], **options: Any) -> None:
