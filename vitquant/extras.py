@@ -31,5 +31,5 @@ def require(module: str, extra: str) -> ModuleType:
     except ModuleNotFoundError as e:
         if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
             raise
-        raise MissingExtraError(f"{module} is not installed; it comes with an optional part of vitquant: "
+        raise MissingExtraError(f"{e.name} is not installed; it comes with an optional part of vitquant: "
                                 f"pip install 'vitquant[{extra}]'") from None
