@@ -24,7 +24,8 @@ PROTOCOL = {"deit_tiny": (0.875, IMAGENET), "deit_small": (0.875, IMAGENET), "de
 def model_cfg(*overrides: str, config: str = "calibrate"):
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         cfg = compose(config, overrides=list(overrides))
-    return OmegaConf.to_container(cfg.model, resolve=True)
+    OmegaConf.resolve(cfg.model)  # in place, as `--cfg job --resolve` does: every key resolves to a plain value
+    return OmegaConf.to_container(cfg.model)
 
 
 def test_augreg_vit_tiny_gets_half_normalisation_resize_248_bicubic_crop_224():

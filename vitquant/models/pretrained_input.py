@@ -42,9 +42,11 @@ def pretrained_input(arch: str) -> dict[str, Any]:
             "std": [float(v) for v in data["std"]]}
 
 
-def timm_input(arch: str, key: str) -> Any:
-    """``${vq.timm_input:<arch>,<key>}``: one key of :func:`pretrained_input` (a fresh copy of lists)."""
+def timm_input(arch: str, key: str, channel: int | None = None) -> Any:
+    """``${vq.timm_input:<arch>,<key>}``: one key of :func:`pretrained_input`; ``mean`` and ``std`` one
+    ``channel`` at a time (``${vq.timm_input:<arch>,mean,0}``), since ``OmegaConf.resolve`` cannot put a
+    resolver's list into a YAML leaf."""
     if key not in INPUT_KEYS:
         raise UserError(f"vq.timm_input: unknown key '{key}'; valid: {', '.join(INPUT_KEYS)}")
     value = pretrained_input(str(arch))[key]
-    return list(value) if isinstance(value, list) else value
+    return value if channel is None else value[int(channel)]
