@@ -10,10 +10,11 @@ export MKL_NUM_THREADS ?= 1
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The tested torch pair comes from constraints.txt (pyproject.toml only gives a range, see docs/install.md).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
 
 # Detection/segmentation stack (mmcv 2.1.0 with ops, mmengine, mmdet, mmseg) next to the project's torch; see

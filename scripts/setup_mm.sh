@@ -71,7 +71,8 @@ fi
 if [[ -z "$wheel" ]]; then build_from_source; wheel=$(find_wheel "$CACHE_DIR"); fi
 say "mmcv from $wheel"
 pip --no-deps --force-reinstall "$wheel"
-constraints=$(mktemp); echo "torch==$TORCH" > "$constraints"
+constraints=$(mktemp)  # the torch pair already installed (constraints.txt's or a cluster's own build) stays
+printf 'torch==%s\ntorchvision==%s\n' "$TORCH" "$("$PY" -c 'import torchvision; print(torchvision.__version__)')" > "$constraints"
 pip -c "$constraints" "${PACKAGES[@]}"
 rm -f "$constraints"
 "$PY" - "$TORCH" <<'PY'

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
 from vitquant.errors import UserError
 from vitquant.io.quantized_checkpoint import FORMAT as QUANTIZED_FORMAT
 from vitquant.methods.recipe import BitWidths
+from vitquant.models.pretrained_input import timm_input
 from vitquant.nn.site import SITE_KINDS
 from vitquant.tasks.base import check_task
 
@@ -38,6 +40,22 @@ if not OmegaConf.has_resolver("vq.at_most_bits"):
     OmegaConf.register_new_resolver("vq.at_most_bits", at_most_bits)
 if not OmegaConf.has_resolver("vq.local_batch"):
     OmegaConf.register_new_resolver("vq.local_batch", local_batch)
+if not OmegaConf.has_resolver("vq.timm_input"):  # conf/model_input/timm.yaml
+    OmegaConf.register_new_resolver("vq.timm_input", timm_input)
+
+
+def model_base() -> DictConfig:
+    """What every ``model`` config starts from (``model_base@model``, first in calibrate.yaml and train.yaml).
+
+    ``kwargs`` is not in struct mode, so ``model.kwargs.depth=6`` passes any timm constructor argument without
+    Hydra's ``+``; every other key stays in struct mode, where a typo (``model.kwarg.depth=6``) still fails.
+    """
+    node = OmegaConf.create({"kwargs": {}})
+    OmegaConf.set_struct(node.kwargs, False)
+    return node
+
+
+ConfigStore.instance().store(name="model_base", node=model_base())
 
 
 def bit_widths(cfg: DictConfig) -> BitWidths:

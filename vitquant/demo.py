@@ -18,9 +18,10 @@ from omegaconf import DictConfig, open_dict
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from vitquant.cli import CONF_DIR
+from vitquant.cli import CONF_DIR, fail
 from vitquant.data.datasets import build_dataset
 from vitquant.data.transforms import eval_transform
+from vitquant.errors import REPORTED_ERRORS
 from vitquant.io.atomic import atomic_write
 from vitquant.models.build import build_model
 from vitquant.ptq import run_calibration
@@ -82,5 +83,13 @@ def main() -> None:
     print("\nrun folders: outputs/demo/<method>_w<b>a<b> (metrics.json, quantized.pt, config.yaml)")
 
 
+def run() -> None:
+    """``python -m vitquant.demo`` / ``vitquant-demo``: a user error (e.g. the ``[demo]`` extra missing) is one line."""
+    try:
+        main()
+    except REPORTED_ERRORS as e:
+        fail(e)
+
+
 if __name__ == "__main__":
-    main()
+    run()

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from vitquant.extras import require
 from vitquant.io.atomic import atomic_write, write_text
 from vitquant.io.logger import RunLogger
 from vitquant.nn.site import QuantSite, quantized_sites
@@ -158,9 +159,8 @@ def to_csv(rows: list[SiteError]) -> str:
 def plot_sqnr(rows: list[SiteError], path: Path, title: str = "") -> Path:
     """SQNR (dB) of every site by block (dots), one line per site kind through its mean per block; +inf sites are
     left out (counted in the title)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    require("matplotlib", "report").use("Agg")
+    plt = require("matplotlib.pyplot", "report")
 
     blocks = list(dict.fromkeys(r.block for r in rows))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(blocks) + 3), 4.5))

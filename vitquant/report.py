@@ -22,11 +22,13 @@ import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
-
+from vitquant.extras import require
 from vitquant.io.atomic import atomic_write, write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 ERROR_LINE = re.compile(r"(^error: |Error\b|Exception\b|Traceback|\bKilled\b|CANCELLED|TIMEOUT|out of memory)")
 FP = "FP"
@@ -147,8 +149,7 @@ def read_wandb(project: str, group: str | None = None, api: Any = None) -> list[
     """Jobs from a W&B project (``ENTITY/PROJECT``), optionally one group (sweep): metrics from each run's
     summary; a run that did not finish, or finished without metrics, is failed."""
     if api is None:
-        import wandb
-        api = wandb.Api()
+        api = require("wandb", "wandb").Api()
     jobs = []
     for run in api.runs(project, filters={"group": group} if group else None):
         summary = dict(getattr(run.summary, "_json_dict", run.summary))
@@ -167,6 +168,7 @@ def bits_label(m: dict[str, Any]) -> str:
 
 def frame(jobs: list[Job], metric: str) -> pd.DataFrame:
     """One row per successful job: model, bits, method, seed, the metric, its FP value and calibration time."""
+    pd = require("pandas", "report")
     rows = []
     for job in jobs:
         m = job.metrics
@@ -204,6 +206,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
 
 def tables(stats: pd.DataFrame, digits: int = 2) -> tuple[str, pd.DataFrame]:
     """(markdown, wide numeric frame): rows model × bits with an FP row on top, columns methods."""
+    pd = require("pandas", "report")
     methods = list(dict.fromkeys(stats["method"]))
     header = ["model", "bits", *methods]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -252,9 +255,8 @@ def problems_markdown(jobs: list[Job]) -> str:
 # ------------------------------------------------------------------------------------------------------- plots
 def plot(stats: pd.DataFrame, metric: str, out: Path) -> list[Path]:
     """``<metric>_vs_bits.png`` and ``drop_vs_calib_time.png`` in ``out``."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    require("matplotlib", "report").use("Agg")
+    plt = require("matplotlib.pyplot", "report")
 
     def save(fig, name: str) -> Path:
         fig.tight_layout()
@@ -333,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)
     try:
+        for module in ("pandas", "matplotlib"):  # the report's extra, checked before reading anything
+            require(module, "report")
         if bool(args.paths) == bool(args.wandb):
             raise ValueError("give sweep/run folders or --wandb ENTITY/PROJECT (one of the two)")
         jobs = read_wandb(args.wandb, args.group) if args.wandb else read_folders(args.paths)

@@ -24,6 +24,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+import vitquant.config  # noqa: F401 - registers the resolvers and the model base that the files in CONF_DIR use
 from vitquant.errors import REPORTED_ERRORS, UserError, unwrap
 from vitquant.io.atomic import discard_failed_run
 

@@ -21,6 +21,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vitquant.errors import UserError
+from vitquant.extras import require
 
 SIZE = 16
 SPLIT_SEED = 0
@@ -31,9 +32,7 @@ SPLITS = ("train", "test")
 @lru_cache(maxsize=1)
 def digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
     """All 1,797 images as uint8 (N, 16, 16, 3) and their labels (N,)."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    digits = require("sklearn.datasets", "demo").load_digits()
     x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0
     x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
     images = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).expand(-1, -1, -1, 3)

@@ -1,8 +1,9 @@
 """Metric logging: always to the local log, and to Weights & Biases when ``logger=wandb``.
 
 W&B is best effort: without credentials an ``online`` run falls back to ``offline``; any W&B
-failure (import, init, network) degrades to local logging with one warning and never stops a
-calibration. ``finish`` runs in a ``finally`` so sequential multirun jobs never merge runs.
+failure (init, network) degrades to local logging with one warning and never stops a calibration.
+Only a missing ``wandb`` package (the ``[wandb]`` extra) with W&B asked for is an error, before any work.
+``finish`` runs in a ``finally`` so sequential multirun jobs never merge runs.
 
 Runs of one sweep share a W&B group (``logger.group``, else the multirun sweep folder's name) and
 carry tags from the run's choices (``method:isvit model:deit_small bits:w4a4 policy:default seed:0``),
@@ -17,6 +18,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from vitquant.extras import require
 
 log = logging.getLogger("vitquant")
 
@@ -74,8 +77,8 @@ class RunLogger:
             mode = "offline"
         if mode == "disabled":
             return
+        wandb = require("wandb", "wandb")  # asked for W&B without the package: an error, not a silent fallback
         try:
-            import wandb
             self.run = wandb.init(project=cfg.get("project"), entity=cfg.get("entity"), group=sweep_group(cfg),
                                   tags=run_tags(run_config, list(cfg.get("tags") or [])), config=run_config,
                                   dir=run_dir, name=run_name, mode=mode, reinit="finish_previous")

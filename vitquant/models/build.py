@@ -48,7 +48,8 @@ def model_kwargs(kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _check_arch(arch: str) -> None:
+def check_arch(arch: str) -> None:
+    """``arch`` is a timm model name, with a known pretrained tag if it has one; else one line naming the fix."""
     if not timm.is_model(arch):
         raise UserError(f"model.arch={arch} is not a timm model; list valid names with "
                         f"timm.list_models('{arch.split('.')[0].split('_')[0]}*')")
@@ -61,7 +62,7 @@ def build_model(model_cfg: Mapping[str, Any] | DictConfig, load_weights: bool = 
     """The float model in eval mode; ``load_weights=False`` skips pretrained/checkpoint weights
     (used when a quantized checkpoint will overwrite them anyway)."""
     arch = str(model_cfg["arch"])
-    _check_arch(arch)
+    check_arch(arch)
     pretrained = bool(model_cfg.get("pretrained", False)) and load_weights
     kwargs = model_kwargs(model_cfg.get("kwargs"))
     try:
