@@ -1,0 +1,100 @@
+"""The jobs ("cells") of a sweep: which ones it has, and the record of the ones that failed.
+
+A cell can fail in four ways, and each leaves its error line in ``<sweep>/failed_jobs.json``
+(``{"<job num>": {"overrides", "state", "job_id", "error"}}``), written by the launcher that waited for it:
+
+* the task raised (Hydra returns the exception): ``RuntimeError: ...``;
+* the task stopped with a one-line user error (exit 2, its run folder removed): the ``error: ...`` line of
+  the job's stderr;
+* Slurm ended it (``scancel``, time or memory limit): submitit's state (CANCELLED, TIMEOUT, OUT_OF_MEMORY)
+  and the last error line of the job's logs (``slurmstepd: error: *** JOB 12 ... CANCELLED ...``);
+* the job could not even build its config (a bad value in one cell): the last line of the traceback.
+"""
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from vitquant.io.atomic import write_json
+
+FAILED_JOBS = "failed_jobs.json"
+ERROR_LINE = re.compile(r"(^error: |Error\b|Exception\b|Traceback|\bKilled\b|CANCELLED|TIMEOUT|out of memory"
+                        r"|oom[_-]kill)")
+
+
+def last_error_line(texts: Iterable[str]) -> str:
+    """The last line that looks like an error in ``texts``, or ''."""
+    found = ""
+    for text in texts:
+        for line in text.splitlines():
+            if ERROR_LINE.search(line):
+                found = line.strip()
+    return found
+
+
+def read_texts(paths: Iterable[Path]) -> list[str]:
+    """The readable ones of ``paths`` (logs that may not exist)."""
+    texts = []
+    for path in paths:
+        try:
+            texts.append(Path(path).read_text(errors="replace"))
+        except OSError:
+            continue
+    return texts
+
+
+def sweep_job_overrides(hydra_cfg: Any) -> list[str] | None:
+    """The sweep's job overrides in job-number order, expanded from a (multirun) config like Hydra's basic
+    sweeper does (``hydra.sweeper.params`` then the command line); None for another sweeper or a config
+    that cannot be expanded."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        if not str(hydra_cfg.sweeper.get("_target_", "")).endswith("BasicSweeper"):
+            return None
+        params = hydra_cfg.sweeper.get("params") or {}
+        arguments = [f"{k}={v}" for k, v in params.items()] + list(hydra_cfg.overrides.task)
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
+        return [" ".join(job) for batch in batches for job in batch]
+    except Exception:  # noqa: BLE001 - a sweep we cannot expand is still read from its folders
+        return None
+
+
+def read_failures(sweep: Path) -> dict[int, dict[str, Any]]:
+    """Job number → failure record (empty when the sweep has none or no record)."""
+    path = Path(sweep) / FAILED_JOBS
+    if not path.is_file():
+        return {}
+    return {int(k): v for k, v in json.loads(path.read_text()).items()}
+
+
+def update_failures(sweep: Path, failed: Mapping[int, dict[str, Any]], finished: Iterable[int]) -> None:
+    """Add this batch's failures to the sweep's record and drop cells that have now finished (a rerun)."""
+    records = read_failures(sweep)
+    for num in finished:
+        records.pop(num, None)
+    records.update(failed)
+    write_json(Path(sweep) / FAILED_JOBS, {str(k): v for k, v in sorted(records.items())})
+
+
+def exception_line(error: BaseException) -> str:
+    """``Type: message`` on one line (the last error line of a multi-line message, e.g. a traceback)."""
+    text = str(error).strip()
+    if "\n" in text:
+        text = last_error_line([text]) or text.splitlines()[-1]
+    return f"{type(error).__name__}: {text}" if not text.startswith(type(error).__name__) else text
+
+
+def killed_job_error(job: Any, error: BaseException) -> tuple[str, str]:
+    """(state, error line) of a submitit job whose result could not be read (``UncompletedJobError``)."""
+    try:
+        state = str(job.state)
+    except Exception:  # noqa: BLE001 - the scheduler may not answer any more; the logs still tell
+        state = "UNKNOWN"
+    logs = read_texts([job.paths.stderr, job.paths.stdout])
+    line = last_error_line(logs) or last_error_line([str(error)])
+    return state, line or f"job ended in state {state} without an error line (logs: {job.paths.stderr})"
