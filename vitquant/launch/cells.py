@@ -95,6 +95,8 @@ def killed_job_error(job: Any, error: BaseException) -> tuple[str, str]:
         state = str(job.state)
     except Exception:  # noqa: BLE001 - the scheduler may not answer any more; the logs still tell
         state = "UNKNOWN"
+    if state in ("COMPLETED", "FINISHED"):  # the process ended (e.g. exit 2 after a user error) without a result
+        state = "FAILED"
     logs = read_texts([job.paths.stderr, job.paths.stdout])
     line = last_error_line(logs) or last_error_line([str(error)])
     return state, line or f"job ended in state {state} without an error line (logs: {job.paths.stderr})"

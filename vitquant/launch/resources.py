@@ -7,8 +7,8 @@ asks ``sinfo`` first (one line per node configuration of each partition) and ref
 resource exceeds what every node offers, naming the override (and environment variable) to change.
 
 A node fits when ``tasks_per_node × cpus_per_task ≤ CPUs``, ``mem_gb × 1024 ≤ RealMemory`` (MB),
-``GPUs requested ≤ gpu gres count``, ``timeout_min ≤ the partition's time limit`` and the partition has
-``nodes`` nodes of that kind.
+``GPUs requested ≤ gpu gres count`` and ``timeout_min ≤ the partition's time limit``; the partition must have
+``nodes`` nodes.
 """
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def misfits(request: Request, name: str, kinds: Sequence[NodeKind]) -> list[str]
 def fits(request: Request, kind: NodeKind) -> bool:
     return (request.tasks_per_node * request.cpus_per_task <= kind.cpus and request.gpus <= kind.gpus
             and (request.mem_gb is None or request.mem_gb * 1024 <= kind.memory_mb)
-            and request.timeout_min <= kind.time_limit_min and request.nodes <= kind.nodes)
+            and request.timeout_min <= kind.time_limit_min)
 
 
 def check_request(request: Request, kinds: Sequence[NodeKind]) -> None:
