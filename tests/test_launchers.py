@@ -159,6 +159,9 @@ class FakeJob:
         if stderr is not None:
             self.paths.stderr.write_text(stderr)
 
+    def done(self) -> bool:
+        return True
+
     def results(self):
         if isinstance(self._result, BaseException):
             raise self._result
@@ -198,3 +201,23 @@ def test_each_way_a_job_fails_is_recorded_with_its_error_line(tmp_path):
     summary = launcher.summary(tmp_path, [f"a=1 bits={n}" for n in range(6)]).splitlines()
     assert summary[0].startswith("error: 5 of 6 jobs failed, the others finished (table: python -m vitquant.report")
     assert summary[2] == "  #2 bits=2: error: w_bits=9 is out of range: use an integer in 2..8"  # a=1 is common
+
+
+def test_a_job_that_leaves_the_queue_without_a_trace_is_lost_not_waited_for(tmp_path, monkeypatch):
+    """A pending array task cancelled on a cluster whose sacct forgets it: submitit would wait forever."""
+    from hydra_plugins.vitquant_launchers import SlurmLauncher
+    from vitquant.launch import submitit as launcher_module
+
+    class Vanished(FakeJob):
+        def done(self) -> bool:
+            return False
+
+    checked = []
+    monkeypatch.setattr(launcher_module, "in_slurm_queue", lambda job_id: checked.append(job_id) or len(checked) < 3)
+    monkeypatch.setattr(launcher_module, "LOST_AFTER_S", 0.0)
+    monkeypatch.setattr(launcher_module, "POLL_S", 0.0)
+    launcher = SlurmLauncher()
+    launcher.failures = {}
+    launcher.result(Vanished(tmp_path, "9_2"), 2, ["bits=8"])
+    assert checked[:3] == ["9_2"] * 3  # in the queue twice, then out
+    assert launcher.failures[2]["state"] == "LOST" and "left the Slurm queue" in launcher.failures[2]["error"]

@@ -8,12 +8,16 @@ A cell can fail in four ways, and each leaves its error line in ``<sweep>/failed
   the job's stderr;
 * Slurm ended it (``scancel``, time or memory limit): submitit's state (CANCELLED, TIMEOUT, OUT_OF_MEMORY)
   and the last error line of the job's logs (``slurmstepd: error: *** JOB 12 ... CANCELLED ...``);
-* the job could not even build its config (a bad value in one cell): the last line of the traceback.
+* the job could not even build its config (a bad value in one cell): the last line of the traceback;
+* the job left the Slurm queue without a result and without an accounting record (a pending array task that
+  was cancelled, on a cluster whose ``sacct`` forgets it): submitit would wait for it forever, so after
+  ``LOST_AFTER_S`` out of the queue it is recorded as ``LOST``.
 """
 from __future__ import annotations
 
 import json
 import re
+import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +25,7 @@ from typing import Any
 from vitquant.io.atomic import write_json
 
 FAILED_JOBS = "failed_jobs.json"
+LOST_AFTER_S = 60.0   # out of the queue this long, without a result: lost (a finished job writes its result first)
 ERROR_LINE = re.compile(r"(^error: |Error\b|Exception\b|Traceback|\bKilled\b|CANCELLED|TIMEOUT|out of memory"
                         r"|oom[_-]kill)")
 
@@ -100,3 +105,22 @@ def killed_job_error(job: Any, error: BaseException) -> tuple[str, str]:
     logs = read_texts([job.paths.stderr, job.paths.stdout])
     line = last_error_line(logs) or last_error_line([str(error)])
     return state, line or f"job ended in state {state} without an error line (logs: {job.paths.stderr})"
+
+
+def lost_job_error(job: Any) -> str:
+    """The error line of a job that left the queue without a trace: its logs' last error line, if it ran."""
+    return last_error_line(read_texts([job.paths.stderr, job.paths.stdout])) or (
+        f"job {job.job_id} left the Slurm queue without a result or an accounting record (cancelled while pending?)")
+
+
+def in_slurm_queue(job_id: str) -> bool:
+    """Whether ``squeue`` still lists the job (array tasks one by one); True when squeue cannot answer, so that
+    a scheduler hiccup never counts as a lost job."""
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i", "-j", job_id.split("_")[0]], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return True
+    if proc.returncode != 0:
+        return "Invalid job id" not in proc.stderr
+    return job_id in proc.stdout.split()

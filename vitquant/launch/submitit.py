@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,11 +32,20 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from omegaconf import DictConfig, OmegaConf
 
 from vitquant.errors import UserError
-from vitquant.launch.cells import exception_line, killed_job_error, sweep_job_overrides, update_failures
+from vitquant.launch.cells import (
+    LOST_AFTER_S,
+    exception_line,
+    in_slurm_queue,
+    killed_job_error,
+    lost_job_error,
+    sweep_job_overrides,
+    update_failures,
+)
 from vitquant.launch.resources import Request, check_request, query_sinfo
 
 log = logging.getLogger("vitquant")
 EXECUTOR_INIT_KEYS = {"max_num_timeout"}   # passed to the executor's constructor, as the plugin does
+POLL_S = 10.0
 
 
 class WaitForEveryJob:
@@ -90,17 +100,34 @@ class WaitForEveryJob:
         the sweep's end (so Hydra's sweeper goes on to the next batch)."""
         from submitit.core.utils import UncompletedJobError
 
-        try:
-            ret = job.results()[0]
-            if ret.status != JobStatus.FAILED:
-                return ret
-            state, error = "FAILED", exception_line(ret._return_value)
-        except UncompletedJobError as e:
-            state, error = killed_job_error(job, e)
+        if not self.wait(job):
+            state, error = "LOST", lost_job_error(job)
+        else:
+            try:
+                ret = job.results()[0]
+                if ret.status != JobStatus.FAILED:
+                    return ret
+                state, error = "FAILED", exception_line(ret._return_value)
+            except UncompletedJobError as e:
+                state, error = killed_job_error(job, e)
         self.failures[num] = {"overrides": " ".join(filter_overrides(overrides)), "state": state,
                               "job_id": str(job.job_id), "error": error}
         log.error("job #%d (%s) failed: %s", num, self.failures[num]["overrides"], error)
         return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=None)
+
+    def wait(self, job: Any) -> bool:
+        """Wait until the job is done (True), or, under Slurm, until it has been out of the queue for
+        ``LOST_AFTER_S`` without a result or a final state (False)."""
+        out_since = None
+        while not job.done():
+            if self._EXECUTOR == "slurm" and not in_slurm_queue(str(job.job_id)):
+                out_since = out_since or time.monotonic()
+                if time.monotonic() - out_since > LOST_AFTER_S:
+                    return False
+            else:
+                out_since = None
+            time.sleep(POLL_S)
+        return True
 
     def summary(self, sweep_dir: Path, sweep_overrides: Sequence[str]) -> str:
         """``error: k of n jobs failed ...`` and one line per failed job: its overrides that vary, its error."""
