@@ -201,6 +201,7 @@ def test_each_way_a_job_fails_is_recorded_with_its_error_line(tmp_path):
     summary = launcher.summary(tmp_path, [f"a=1 bits={n}" for n in range(6)]).splitlines()
     assert summary[0].startswith("error: 5 of 6 jobs failed, the others finished (table: python -m vitquant.report")
     assert summary[2] == "  #2 bits=2: error: w_bits=9 is out of range: use an integer in 2..8"  # a=1 is common
+    assert summary[3].startswith("  #3 bits=3: CANCELLED: slurmstepd: error: *** JOB 10")
 
 
 def test_a_job_that_leaves_the_queue_without_a_trace_is_lost_not_waited_for(tmp_path, monkeypatch):

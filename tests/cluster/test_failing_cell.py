@@ -50,7 +50,7 @@ def test_failed_and_cancelled_cells_do_not_stop_the_sweep_and_are_reported(slurm
     summary = err.strip().splitlines()[-3:]
     assert summary[0].startswith("error: 2 of 3 jobs failed, the others finished (table: python -m vitquant.report")
     assert summary[1].startswith("  #1 bits=9: error: w_bits=9 is out of range")
-    assert summary[2].startswith("  #2 bits=8: ") and "CANCELLED" in summary[2]
+    assert summary[2].startswith("  #2 bits=8: CANCELLED: ") and "slurmstepd" in summary[2]
 
     assert json.loads((sweep / "0" / "metrics.json").read_text())["w_bits"] == 4  # the good cell finished
     record = json.loads((sweep / "failed_jobs.json").read_text())

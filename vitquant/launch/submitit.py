@@ -130,13 +130,15 @@ class WaitForEveryJob:
         return True
 
     def summary(self, sweep_dir: Path, sweep_overrides: Sequence[str]) -> str:
-        """``error: k of n jobs failed ...`` and one line per failed job: its overrides that vary, its error."""
+        """``error: k of n jobs failed ...`` and one line per failed job: its overrides that vary, its Slurm state
+        when it was not a plain failure (CANCELLED, TIMEOUT, OUT_OF_MEMORY, LOST), its error line."""
         common = set.intersection(*(set(o.split()) for o in sweep_overrides)) if len(sweep_overrides) > 1 else set()
         lines = [f"error: {len(self.failures)} of {len(sweep_overrides)} jobs failed, the others finished "
                  f"(table: python -m vitquant.report {sweep_dir}):"]
         for num, failure in sorted(self.failures.items()):
             varying = " ".join(o for o in failure["overrides"].split() if o not in common)
-            lines.append(f"  #{num} {varying}: {failure['error']}")
+            state = "" if failure["state"] == "FAILED" else f"{failure['state']}: "
+            lines.append(f"  #{num} {varying}: {state}{failure['error']}")
         return "\n".join(lines)
 
 
