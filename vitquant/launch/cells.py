@@ -80,6 +80,8 @@ def read_failures(sweep: Path) -> dict[int, dict[str, Any]]:
 def update_failures(sweep: Path, failed: Mapping[int, dict[str, Any]], finished: Iterable[int]) -> None:
     """Add this batch's failures to the sweep's record and drop cells that have now finished (a rerun)."""
     records = read_failures(sweep)
+    if not records and not failed:
+        return  # a sweep without failures gets no record file
     for num in finished:
         records.pop(num, None)
     records.update(failed)

@@ -45,7 +45,7 @@ from vitquant.launch.resources import Request, check_request, query_sinfo
 
 log = logging.getLogger("vitquant")
 EXECUTOR_INIT_KEYS = {"max_num_timeout"}   # passed to the executor's constructor, as the plugin does
-POLL_S = 10.0
+POLL_S = 5.0     # seconds between checks of a job that is not done yet
 
 
 class WaitForEveryJob:
