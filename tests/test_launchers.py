@@ -222,3 +222,14 @@ def test_a_job_that_leaves_the_queue_without_a_trace_is_lost_not_waited_for(tmp_
     launcher.result(Vanished(tmp_path, "9_2"), 2, ["bits=8"])
     assert checked[:3] == ["9_2"] * 3  # in the queue twice, then out
     assert launcher.failures[2]["state"] == "LOST" and "left the Slurm queue" in launcher.failures[2]["error"]
+
+
+def test_failure_record_follows_reruns_of_the_sweep(tmp_path):
+    from vitquant.launch.cells import FAILED_JOBS, read_failures, update_failures
+
+    update_failures(tmp_path, {}, [0, 1])
+    assert not (tmp_path / FAILED_JOBS).exists()  # nothing failed: no record
+    update_failures(tmp_path, {1: {"state": "CANCELLED", "error": "x"}, 2: {"state": "FAILED", "error": "y"}}, [0])
+    assert sorted(read_failures(tmp_path)) == [1, 2]
+    update_failures(tmp_path, {}, [1])  # the same sweep again: cell 1 now finished
+    assert read_failures(tmp_path) == {2: {"state": "FAILED", "error": "y"}}
