@@ -17,19 +17,24 @@ pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """bits=4,9 × method=minmax,percentile on the tiny model, 4 local jobs at once: the bits=9 jobs (the last two,
-    so the launcher has waited for the others when the first failure stops the sweep) fail."""
+    """bits=9,4 × method=minmax,percentile on the tiny model, 2 local jobs at a time: the first batch (bits=9)
+    fails, the second (bits=4) still runs, and the sweep ends with the failed jobs' error lines (exit 1)."""
     from conftest import make_image_folder
 
     tmp = tmp_path_factory.mktemp("sweep")
     data = make_image_folder(tmp / "data", {"train": 6, "val": 4})
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "VITQUANT_LOCAL_JOBS": "4",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "VITQUANT_LOCAL_JOBS": "2",
            "PYTHONPATH": str(REPO)}  # submitit jobs start in the sweep folder: import this checkout
     proc = subprocess.run([sys.executable, str(REPO / "calibrate.py"), "-m", "hydra/launcher=local", *TINY_RUN,
-                           f"data.root={data}", "bits=4,9", "method=minmax,percentile", "eval_fp=true",
+                           f"data.root={data}", "bits=9,4", "method=minmax,percentile", "eval_fp=true",
                            f"hydra.sweep.dir={tmp / 'sweep'}"], cwd=tmp, env=env, capture_output=True, text=True,
                           timeout=300)
-    assert proc.returncode != 0 and "bits=9" not in proc.stdout.split("#0")[0], proc.stderr  # failed jobs surface
+    assert proc.returncode == 1, proc.stderr
+    summary = proc.stderr.strip().splitlines()[-3:]
+    assert summary[0].startswith("error: 2 of 4 jobs failed, the others finished (table: python -m vitquant.report")
+    assert [line.split(":")[0] for line in summary[1:]] == ["  #0 bits=9 method=minmax",
+                                                             "  #1 bits=9 method=percentile"]
+    assert all("error: w_bits=9 is out of range" in line for line in summary[1:])
     return tmp / "sweep"
 
 
@@ -45,10 +50,10 @@ def test_local_sweep_report_cells_equal_metrics_and_failures_are_listed(sweep, c
     best = max(m["top1"] for m in runs.values())
     assert f"**{best:.2f}**" in row
     fp_row = next(line for line in text.splitlines() if "| FP |" in line)
-    assert f"{runs[0]['fp_top1']:.2f}" in fp_row and text.index(fp_row) < text.index("| W4A4 |")  # FP row on top
+    assert f"{runs[2]['fp_top1']:.2f}" in fp_row and text.index(fp_row) < text.index("| W4A4 |")  # FP row on top
     assert "2 of 4 jobs did not finish" in text
     assert "| bits=9 method=minmax |" in text and "| bits=9 method=percentile |" in text
-    assert "out of range" in text  # the job's one-line error, read back from submitit's log
+    assert "| failed | " in text and "FAILED: error: w_bits=9 is out of range" in text  # the launcher's record
     assert {"report.csv", "top1_vs_bits.png", "drop_vs_calib_time.png"} <= {p.name for p in sweep.iterdir()}
 
 
@@ -56,12 +61,30 @@ def test_job_that_crashed_leaving_its_folder_is_failed_with_its_error(sweep, tmp
     import shutil
 
     copy = shutil.copytree(sweep, tmp_path / "sweep", ignore=shutil.ignore_patterns(".submitit"))
-    (copy / "0" / "metrics.json").unlink()
-    (copy / "0" / "calibrate.log").write_text("[INFO] stage init_ranges\nRuntimeError: CUDA out of memory\n")
+    (copy / "failed_jobs.json").unlink()  # a sweep of another launcher: the job's own log tells
+    (copy / "2" / "metrics.json").unlink()
+    (copy / "2" / "calibrate.log").write_text("[INFO] stage init_ranges\nRuntimeError: CUDA out of memory\n")
     jobs = {j.where: j for j in read_folders([copy])}
-    crashed = jobs[str(copy / "0")]
+    crashed = jobs[str(copy / "2")]
     assert crashed.status == "failed" and crashed.error == "RuntimeError: CUDA out of memory"
     assert sum(j.status == "ok" for j in jobs.values()) == 1 and len(jobs) == 4
+
+
+def test_jobs_killed_by_slurm_are_listed_with_their_state_and_error_line(sweep, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(sweep, tmp_path / "sweep")
+    record = json.loads((copy / "failed_jobs.json").read_text())
+    assert sorted(record) == ["0", "1"] and "bits=9 method=minmax" in record["0"]["overrides"]
+    (copy / "3" / "metrics.json").unlink()  # as if cancelled after it started: its folder stays
+    record["3"] = {"overrides": "bits=4 method=percentile", "state": "CANCELLED", "job_id": "12_3",
+                   "error": "slurmstepd: error: *** JOB 12 ON vm CANCELLED AT 2026-12-04T23:00:00 ***"}
+    (copy / "failed_jobs.json").write_text(json.dumps(record))
+    jobs = {j.where: j for j in read_folders([copy])}
+    cancelled = jobs[str(copy / "3")]
+    assert cancelled.status == "failed" and cancelled.error.startswith("CANCELLED: slurmstepd: error: *** JOB 12")
+    text = report(list(jobs.values()), tmp_path / "out", "top1")
+    assert "3 of 4 jobs did not finish" in text and "| bits=4 method=percentile | CANCELLED: " in text
 
 
 def test_report_from_a_wandb_project(tmp_path):

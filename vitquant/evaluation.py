@@ -40,7 +40,8 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     run_cfg, state, calib_ids = read_quantized(cfg.checkpoint)
     out_dir = Path(cfg.out_dir)
     logger = RunLogger(cfg.logger, OmegaConf.to_container(cfg, resolve=True), str(out_dir),
-                       f"eval-{run_cfg.model.name}-{run_cfg.method.name}-w{run_cfg.w_bits}a{run_cfg.a_bits}")
+                       f"eval-{run_cfg.model.name}-{run_cfg.method.name}-w{run_cfg.w_bits}a{run_cfg.a_bits}",
+                       job_type="evaluate")
     try:
         task_cfg = evaluation_task(cfg, run_cfg.task)
         task = build_task(task_cfg, run_cfg.model, evaluation_data(cfg, run_cfg.data))

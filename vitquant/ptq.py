@@ -43,7 +43,7 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_name = f"{cfg.model.name}-{cfg.method.name}-w{bits.w}a{bits.a}-s{cfg.seed}"
-    logger = RunLogger(cfg.logger, run_config, str(out_dir), run_name)
+    logger = RunLogger(cfg.logger, run_config, str(out_dir), run_name, job_type="calibrate")
     try:
         task = build_task(cfg.task, cfg.model, cfg.data)
         recipe = build_recipe(cfg.method)
@@ -81,6 +81,7 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         write_text(out_dir / "config.yaml", OmegaConf.to_yaml(run_config))
         write_json(out_dir / "calib_ids.json", calib_ids)
         write_json(out_dir / "metrics.json", metrics)
+        logger.artifact(out_dir / "quantized.pt")
         logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         logger.summary(metrics)
         log.info("%s %s W%dA%d: %s %.2f (FP %s), calibration %.1fs -> %s", cfg.model.name, cfg.method.name,

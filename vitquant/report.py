@@ -9,9 +9,10 @@ Reads every job of one or more Hydra multirun folders (or single run folders, or
 - ``<metric>_vs_bits.png`` (one panel per model, one line per method, the FP value dashed) and
   ``drop_vs_calib_time.png`` (FP − quantized against calibration seconds, each method × model × bits a point);
 - the jobs that failed or never ran. A sweep's expected jobs are expanded from its ``multirun.yaml`` with
-  Hydra's own parser; a job folder without ``metrics.json`` is *failed* (with the last error line of its logs
-  or of submitit's), a job without a folder is *missing* (never launched, or removed after a one-line user
-  error, whose message submitit kept). Nothing is silently dropped.
+  Hydra's own parser; a job without ``metrics.json`` is *failed* with the error line that vitquant's launchers
+  recorded in ``failed_jobs.json`` (an exception, a one-line user error, a job cancelled or killed by Slurm,
+  with its Slurm state), else with the last error line of its logs or of submitit's; a job without a folder
+  nor a record is *missing* (never launched). Nothing is silently dropped.
 """
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from vitquant.extras import require
 from vitquant.io.atomic import atomic_write, write_text
+from vitquant.launch.cells import last_error_line, read_failures, read_texts, sweep_job_overrides
 
 if TYPE_CHECKING:
     import pandas as pd
 
-ERROR_LINE = re.compile(r"(^error: |Error\b|Exception\b|Traceback|\bKilled\b|CANCELLED|TIMEOUT|out of memory)")
 FP = "FP"
 
 
@@ -47,35 +48,18 @@ class Job:
 
 
 # ----------------------------------------------------------------------------------------------------- folders
-def last_error_line(files: Iterable[Path]) -> str:
+def last_log_error(files: Iterable[Path]) -> str:
     """The last line that looks like an error in ``files`` (logs), or ''."""
-    found = ""
-    for path in files:
-        try:
-            lines = path.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            if ERROR_LINE.search(line):
-                found = line.strip()
-    return found
+    return last_error_line(read_texts(files))
 
 
 def expected_jobs(sweep: Path) -> list[str] | None:
-    """The sweep's job overrides in job-number order, expanded from ``multirun.yaml`` like Hydra's basic sweeper
-    (``hydra.sweeper.params`` then the command line); None when that is not possible (another sweeper)."""
-    try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-        from omegaconf import OmegaConf
+    """The sweep's job overrides in job-number order, expanded from ``multirun.yaml`` like Hydra's basic sweeper;
+    None when that is not possible (another sweeper)."""
+    from omegaconf import OmegaConf
 
-        cfg = OmegaConf.load(sweep / "multirun.yaml")
-        if not str(cfg.hydra.sweeper.get("_target_", "")).endswith("BasicSweeper"):
-            return None
-        params = cfg.hydra.sweeper.get("params") or {}
-        arguments = [f"{k}={v}" for k, v in params.items()] + list(cfg.hydra.overrides.task)
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(arguments), None)
-        return [" ".join(job) for batch in batches for job in batch]
+    try:
+        return sweep_job_overrides(OmegaConf.load(sweep / "multirun.yaml").hydra)
     except Exception:  # noqa: BLE001 - a sweep we cannot expand is still read from its folders
         return None
 
@@ -89,7 +73,7 @@ def submitit_errors(sweep: Path) -> dict[int, str]:
     """
     errors: dict[int, str] = {}
     for folder in sorted(p for p in (sweep / ".submitit").glob("*") if p.is_dir()):
-        error = last_error_line(sorted(folder.glob("*_log.err")) + sorted(folder.glob("*_log.out")))
+        error = last_log_error(sorted(folder.glob("*_log.err")) + sorted(folder.glob("*_log.out")))
         if not error:
             continue
         found = [re.search(rb"job_id_for_(\d+)", p.read_bytes()) for p in folder.glob("*_submitted.pkl")]
@@ -99,13 +83,16 @@ def submitit_errors(sweep: Path) -> dict[int, str]:
 
 
 def read_sweep(sweep: Path) -> list[Job]:
-    expected = expected_jobs(sweep)
+    expected, recorded = expected_jobs(sweep), read_failures(sweep)
     folders = {int(p.name): p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()}
     numbers = sorted(set(folders) | set(range(len(expected or []))))
     jobs = [read_run(folders[n], expected[n] if expected and n < len(expected) else "") if n in folders
             else Job(str(sweep / str(n)), expected[n] if expected else "", status="missing")
             for n in numbers]
-    if any(j.status != "ok" for j in jobs) and (sweep / ".submitit").is_dir():
+    for n, job in zip(numbers, jobs):  # the launcher's record: the job's own error line, also for killed jobs
+        if job.status != "ok" and n in recorded:
+            job.status, job.error = "failed", f"{recorded[n]['state']}: {recorded[n]['error']}"
+    if any(j.status != "ok" and not j.error for j in jobs) and (sweep / ".submitit").is_dir():
         errors = submitit_errors(sweep)
         for n, job in zip(numbers, jobs):
             if job.status != "ok" and not job.error and n in errors:
@@ -122,7 +109,7 @@ def read_run(folder: Path, overrides: str = "") -> Job:
     if metrics_file.is_file():
         return Job(str(folder), overrides, json.loads(metrics_file.read_text()))
     return Job(str(folder), overrides, status="failed",
-               error=last_error_line(sorted(folder.glob("*.log")) + sorted(folder.glob("*.err"))) or "no metrics.json")
+               error=last_log_error(sorted(folder.glob("*.log")) + sorted(folder.glob("*.err"))) or "no metrics.json")
 
 
 def read_folders(paths: Iterable[str | Path]) -> list[Job]:

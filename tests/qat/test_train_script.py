@@ -1,4 +1,6 @@
 """train.py bad inputs: one ``error:`` line, exit code 2, nothing written."""
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -60,3 +62,28 @@ def test_a_task_that_cannot_train_is_one_line(capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "task=semantic_segmentation cannot be trained" in err[0], err
+
+
+def test_train_runs_on_its_default_data(tmp_path):
+    """``python train.py`` with the default ``data=digits`` (the embedded set, whose items are tensors without a
+    transform) trains; the demo model's checkpoint is stood in for by an untrained one, cached in tmp_path."""
+    from hydra import compose, initialize_config_dir
+    from safetensors.torch import save_file
+
+    from vitquant.cli import CONF_DIR
+    from vitquant.models.build import build_model
+
+    env = {**os.environ, "VITQUANT_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        model_cfg = compose("train").model
+    (tmp_path / "cache").mkdir()
+    model = build_model({**model_cfg, "checkpoint": None})
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp_path / "cache" / "vit_digits.safetensors"))
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "train.py", "qat.epochs=1", "data.max_train_images=32", "qat.batch_size=16",
+                           "qat.num_workers=0", "task.num_workers=0", "task.max_eval_images=32", "device=cpu",
+                           f"hydra.run.dir={out}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["model"] == "vit_digits" and 0 <= metrics["top1"] <= 100

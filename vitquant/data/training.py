@@ -19,9 +19,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, DistributedSampler, Subset
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
+from torchvision.transforms.functional import to_pil_image
 
 from vitquant.data.calibration import calibration_ids
 from vitquant.errors import UserError
@@ -54,6 +56,14 @@ def train_subset(dataset: Dataset, max_images: int | None, seed: int) -> Dataset
     return Subset(dataset, sorted(calibration_ids(len(dataset), int(max_images), seed)))
 
 
+def as_pil(image: Image.Image | torch.Tensor) -> Image.Image:
+    """The PIL image the train transforms expect. A source that yields a [0, 1] float tensor without a
+    transform (the embedded digits: 8-bit pixels / 255) becomes 8-bit RGB again, exactly: round(x·255)."""
+    if isinstance(image, torch.Tensor):
+        return to_pil_image((image * 255).round().clamp(0, 255).to(torch.uint8))
+    return image
+
+
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of one item's augmentation in one epoch (distinct for every triple)."""
     return ((seed * 1_000_003 + epoch) * 100_000_007 + index) % (2**63 - 1)
@@ -62,7 +72,7 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class MultiCropDataset(Dataset):
     """Items ``(crops (n_crops, C, H, W), label)`` drawn with the seed the sampler hands over.
 
-    ``base`` returns PIL images (no transform); ``transform`` makes one crop.
+    ``base`` returns PIL images or [0, 1] tensors (no transform; see ``as_pil``); ``transform`` makes one crop.
     """
 
     def __init__(self, base: Dataset, transform: Callable, n_crops: int) -> None:
@@ -74,6 +84,7 @@ class MultiCropDataset(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         index, seed = item
         image, label = self.base[index]
+        image = as_pil(image)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             crops = torch.stack([self.transform(image) for _ in range(self.n_crops)])

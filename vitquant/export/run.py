@@ -20,6 +20,7 @@ from vitquant.config import evaluation_data, validate_evaluate
 from vitquant.errors import UserError
 from vitquant.evaluation import rebuild_quantized
 from vitquant.io.atomic import atomic_write, write_json
+from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import read_quantized
 from vitquant.nn.site import quantized_sites
 from vitquant.ptq import build_task
@@ -56,6 +57,17 @@ def validate_export(cfg: DictConfig) -> None:
                         "classification models (ViT/DeiT, Swin)")
 
 
+def log_export(cfg: DictConfig, run_name: str, metrics: dict[str, Any]) -> None:
+    """With ``logger=wandb``: the export's metrics and ``model.onnx`` (an artifact) in a run of job type export."""
+    logger = RunLogger(cfg.logger, OmegaConf.to_container(cfg, resolve=True), str(cfg.out_dir), run_name,
+                       job_type="export")
+    try:
+        logger.summary(metrics)
+        logger.artifact(metrics["onnx"])
+    finally:
+        logger.finish()
+
+
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     validate_export(cfg)
     import onnx
@@ -81,6 +93,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         metrics["top1_fakequant"] = task.evaluate(qmodel, "cpu")["top1"]
         metrics["top1_gap"] = round(metrics["top1_onnx"] - metrics["top1_fakequant"], 4)
     write_json(out_dir / "metrics.json", metrics)
+    log_export(cfg, f"export-{run_cfg.model.name}-{run_cfg.method.name}-w{run_cfg.w_bits}a{run_cfg.a_bits}", metrics)
     floats = ", ".join(f"{k} ({v})" for k, v in sorted(metrics["float_sites"].items())[:6]) or "none"
     log.info("export %s %s W%sA%s -> %s: deployable=%s, %d integer sites, float sites: %s%s",
              run_cfg.model.name, run_cfg.method.name, run_cfg.w_bits, run_cfg.a_bits, path,

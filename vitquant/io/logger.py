@@ -9,12 +9,19 @@ Runs of one sweep share a W&B group (``logger.group``, else the multirun sweep f
 carry tags from the run's choices (``method:isvit model:deit_small bits:w4a4 policy:default seed:0``),
 so a sweep is one filterable set in the W&B UI. Offline runs live in ``<run dir>/wandb/`` and are
 uploaded later with ``wandb sync <run dir>/wandb/offline-run-*``.
+
+On clusters: each run's ``job_type`` is its entry script (calibrate, train, evaluate, export); its W&B id is
+derived from the run folder (``run_id``) and opened with ``resume="allow"``, so a job that Slurm requeues (or a
+``train.py`` rerun that resumes) continues the same W&B run instead of starting a second one. Files such as
+``quantized.pt`` and ``model.onnx`` are logged as ``model`` artifacts (``RunLogger.artifact``).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import netrc
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,10 +71,26 @@ def run_tags(run_config: Mapping[str, Any], extra: Sequence[str] = ()) -> list[s
     return [f"{k}:{v}" for k, v in choices.items() if v is not None] + [str(t) for t in extra]
 
 
-class RunLogger:
-    """Log scalars, summaries and tables for one run; ``cfg`` is the ``logger`` config group."""
+def run_id(run_dir: str | Path, job_type: str) -> str:
+    """``<job_type>-<first 16 hex digits of sha1(absolute run folder)>``: the same folder (a requeued job, a
+    resumed training) gives the same W&B run; the job type keeps an export written into a calibration's folder
+    apart from that calibration."""
+    digest = hashlib.sha1(str(Path(run_dir).resolve()).encode()).hexdigest()[:16]
+    return f"{job_type}-{digest}"
 
-    def __init__(self, cfg: Mapping[str, Any], run_config: dict[str, Any], run_dir: str, run_name: str) -> None:
+
+def artifact_name(run_name: str, path: str | Path) -> str:
+    """W&B artifact names allow letters, digits, ``-``, ``_`` and ``.``: ``<run name>-<file stem>``."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", f"{run_name}-{Path(path).stem}")
+
+
+class RunLogger:
+    """Log scalars, summaries, tables and artifacts for one run; ``cfg`` is the ``logger`` config group and
+    ``job_type`` the entry script (calibrate, train, evaluate, export)."""
+
+    def __init__(self, cfg: Mapping[str, Any], run_config: dict[str, Any], run_dir: str, run_name: str,
+                 job_type: str) -> None:
+        self.run_name = run_name
         self.run = None
         if cfg.get("name") != "wandb":
             return
@@ -81,8 +104,10 @@ class RunLogger:
         try:
             self.run = wandb.init(project=cfg.get("project"), entity=cfg.get("entity"), group=sweep_group(cfg),
                                   tags=run_tags(run_config, list(cfg.get("tags") or [])), config=run_config,
-                                  dir=run_dir, name=run_name, mode=mode, reinit="finish_previous")
-            log.info("W&B %s run %s, group %s, tags %s", mode, run_name, self.run.group, ",".join(self.run.tags))
+                                  dir=run_dir, name=run_name, mode=mode, reinit="finish_previous",
+                                  job_type=job_type, id=run_id(run_dir, job_type), resume="allow")
+            log.info("W&B %s %s run %s (id %s), group %s, tags %s", mode, job_type, run_name, self.run.id,
+                     self.run.group, ",".join(self.run.tags))
         except Exception as e:  # noqa: BLE001 - any W&B failure must not stop the run
             log.warning("W&B unavailable (%s); logging locally only", str(e).splitlines()[0] if str(e) else e)
             self.run = None
@@ -111,6 +136,18 @@ class RunLogger:
             if image is not None:
                 payload[f"{key}_plot"] = wandb.Image(image)
             self.run.log(payload)
+
+        self._safe(send)
+
+    def artifact(self, path: str | Path, kind: str = "model") -> None:
+        """Log the file ``path`` as a W&B artifact ``<run name>-<file stem>`` of type ``kind`` (versioned by W&B;
+        offline runs upload it with ``wandb sync``)."""
+        def send() -> None:
+            import wandb
+            artifact = wandb.Artifact(artifact_name(self.run_name, path), type=kind,
+                                      metadata={"file": Path(path).name})
+            artifact.add_file(str(path))
+            self.run.log_artifact(artifact)
 
         self._safe(send)
 

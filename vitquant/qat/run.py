@@ -183,7 +183,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     run_config = OmegaConf.to_container(cfg, resolve=True)
     name = f"{cfg.model.name}-{cfg.qat.name}-w{cfg.w_bits}a{cfg.a_bits}-s{cfg.seed}"
     is_main = env_rank() == 0
-    logger = RunLogger(cfg.logger if is_main else {"name": "none"}, run_config, str(out_dir), name)
+    logger = RunLogger(cfg.logger if is_main else {"name": "none"}, run_config, str(out_dir), name, job_type="train")
     try:
         result = fit(cfg, logger)
         if is_main:
@@ -191,6 +191,7 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
                            result.calib_ids)
             write_text(out_dir / "config.yaml", OmegaConf.to_yaml(result.run_config))
             write_json(out_dir / "metrics.json", result.metrics)
+            logger.artifact(out_dir / "quantized.pt")
             logger.summary({k: v for k, v in result.metrics.items() if k != "history"})
             log.info("%s: top-1 %.2f (FP %s) after %d epochs, %.0f s -> %s", name, result.metrics["top1"],
                      result.metrics["fp_top1"], cfg.qat.epochs, result.metrics["train_seconds"], out_dir)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from vitquant.config import resolve_device
 from vitquant.data.datasets import build_dataset
-from vitquant.data.training import sample_seed, train_subset
+from vitquant.data.training import as_pil, sample_seed, train_subset
 from vitquant.errors import UserError
 from vitquant.io.atomic import save_torch, write_json
 from vitquant.qat.losses import dense_from_topk
@@ -73,6 +73,7 @@ class SoftLabelCrops(Dataset):
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, torch.Tensor]:
         index, seed = item
         image, label = self.base[index]
+        image = as_pil(image)
         path = record_path(self.folder, source_index(self.base, index))
         if not path.is_file():
             raise UserError(f"{path}: missing soft labels for training image {index}; regenerate soft_labels.dir")
@@ -99,7 +100,7 @@ def write_soft_labels(cfg: DictConfig) -> dict[str, Any]:
     scale = tuple(cfg.data.crop_scale)
     classes = None
     for i in tqdm(range(len(data)), desc="soft labels", disable=None):
-        image, _ = data[i]
+        image = as_pil(data[i][0])
         src = source_index(data, i)
         gen = torch.Generator().manual_seed(sample_seed(cfg.seed, -1, src))
         with torch.random.fork_rng(devices=[]):
