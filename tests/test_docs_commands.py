@@ -19,10 +19,12 @@ Conventions for examples (also in docs/architecture.md, "Documentation"):
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import pathlib
 import re
 import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,8 +32,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+import vitquant.config
+import vitquant.qat.config
 from vitquant.cli import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,12 +156,47 @@ def expanded(overrides: tuple[str, ...], multirun: bool) -> list[list[str]]:
     return runs
 
 
+# The model and data a documented checkpoint of each task was calibrated with (see ``documented_runs``).
+TASK_RUNS = {"classification": ("vit_cifar", "cifar10"), "detection": ("mask_rcnn_swin_tiny", "coco"),
+             "instance_segmentation": ("mask_rcnn_swin_tiny", "coco"),
+             "semantic_segmentation": ("upernet_swin_tiny", "ade20k")}
+
+
+@functools.cache
+def documented_runs() -> dict[str, DictConfig]:
+    """The run config inside an example's ``quantized.pt``, per task: a calibration of that task's model."""
+    runs = {}
+    for task, (model, data) in TASK_RUNS.items():
+        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+            runs[task] = compose("calibrate", overrides=[f"task={task}", f"model={model}", f"data={data}",
+                                                         "data.root=/data"])
+    return runs
+
+
+def documented_run(value: str, key: str) -> DictConfig:
+    """An example checkpoint's run config: the task its path names (``outputs/<task>/...``), else classification."""
+    return next((cfg for task, cfg in documented_runs().items() if f"/{task}/" in f"/{value}"),
+                documented_runs()["classification"])
+
+
 def files_and_gpu_present(monkeypatch) -> None:
-    """Validation checks names, values and ranges; the paths and the GPU of an example are the reader's."""
+    """Validation checks names, values and ranges; the paths, files and the GPU of an example are the reader's.
+    A path with an extension counts as a file (a name without one, such as an mm config name, is looked up as
+    the package would); weights files count as readable and quantized checkpoints as ``documented_run``'s."""
+    def present(real, file: bool = False):
+        def check(self: pathlib.Path, *args, **kwargs) -> bool:
+            if str(self.absolute()).startswith(sys.prefix):  # installed packages' own files (mm configs)
+                return real(self, *args, **kwargs)
+            return bool(self.suffix) or real(self, *args, **kwargs) if file else True
+        return check
+
     for name in ("exists", "is_dir", "is_file"):
-        monkeypatch.setattr(pathlib.Path, name, lambda self, *a, **k: True)
+        monkeypatch.setattr(pathlib.Path, name, present(getattr(pathlib.Path, name), file=name == "is_file"))
     monkeypatch.setattr(pathlib.Path, "mkdir", lambda self, *a, **k: None)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for module in (vitquant.config, vitquant.qat.config):
+        monkeypatch.setattr(module, "check_weights", lambda value, key: None)
+        monkeypatch.setattr(module, "read_run_config", documented_run)
 
 
 def test_docs_have_commands():
@@ -172,6 +211,7 @@ def check(command: Command, monkeypatch, tmp_path: Path) -> None:
     for overrides in expanded(command.overrides, command.multirun):
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
             cfg = compose(config_name, overrides=overrides)
+        documented_runs()  # composed before the file system is stubbed
         with monkeypatch.context() as patched:
             files_and_gpu_present(patched)
             validate(cfg)
