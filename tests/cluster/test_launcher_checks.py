@@ -14,22 +14,24 @@ REPO = Path(__file__).resolve().parents[2]
 PROFILE_ENV = ("VITQUANT_SLURM_GPUS", "VITQUANT_SLURM_CPUS", "VITQUANT_SLURM_MEM_GB", "VITQUANT_SLURM_TIME_MIN")
 
 
-def queued() -> set[str]:
-    return set(subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True,
-                              timeout=30).stdout.split())
+def jobs_named(name: str) -> list[str]:
+    """Jobs of that name the controller knows, queued or finished within the last MinJobAge (the cluster is shared:
+    other sessions' jobs come and go)."""
+    out = subprocess.run(["scontrol", "show", "job", "-o"], capture_output=True, text=True, timeout=30).stdout
+    return [line for line in out.splitlines() if f" JobName={name} " in line]
 
 
 def sweep(tmp_path: Path, partition: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """A 2-cell sweep whose jobs would be named after the test folder (so ``jobs_named`` finds only them)."""
     environ = {k: v for k, v in os.environ.items() if k not in PROFILE_ENV}
     environ.update({"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
                     "VITQUANT_SLURM_PARTITION": partition, **env})
     return subprocess.run([sys.executable, str(REPO / "calibrate.py"), "-m", *args, *TINY_RUN, "bits=4,8",
-                           f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path, env=environ,
-                          capture_output=True, text=True, timeout=120)
+                           f"hydra.launcher.name={tmp_path.name}", f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                          cwd=tmp_path, env=environ, capture_output=True, text=True, timeout=120)
 
 
 def test_default_profile_on_the_cpu_partition_is_one_error_line_and_nothing_submitted(slurm_cluster, tmp_path):
-    before = queued()
     proc = sweep(tmp_path, slurm_cluster, "hydra/launcher=slurm")
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
@@ -38,19 +40,18 @@ def test_default_profile_on_the_cpu_partition_is_one_error_line_and_nothing_subm
                 "hydra.launcher.cpus_per_task=", "VITQUANT_SLURM_MEM_GB="):
         assert fix in lines[0]
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "multirun").exists()
-    assert queued() - before == set()
+    assert jobs_named(tmp_path.name) == []
 
 
 def test_too_many_cpus_alone_are_refused_instead_of_pending_forever(slurm_cluster, tmp_path):
     cpus = subprocess.run(["sinfo", "-h", "-p", slurm_cluster, "-o", "%c"], capture_output=True, text=True,
                           timeout=30).stdout.split()[0].rstrip("+")
-    before = queued()
     proc = sweep(tmp_path, slurm_cluster, "hydra/launcher=slurm", VITQUANT_SLURM_GPUS="0", VITQUANT_SLURM_MEM_GB="1",
                  VITQUANT_SLURM_CPUS=str(int(cpus) + 1))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
     assert f"set hydra.launcher.cpus_per_task={cpus} (or VITQUANT_SLURM_CPUS={cpus})" in proc.stderr
     assert "gpus_per_node" not in proc.stderr and "mem_gb" not in proc.stderr
-    assert not (tmp_path / "sweep").exists() and queued() - before == set()
+    assert not (tmp_path / "sweep").exists() and jobs_named(tmp_path.name) == []
 
 
 def test_cpu_profile_fits_the_partition(slurm_cluster, monkeypatch):
