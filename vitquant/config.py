@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from vitquant.errors import UserError
+from vitquant.io.sweep import sweep_name
 from vitquant.methods.recipe import BitWidths
 from vitquant.nn.site import SITE_KINDS
 
@@ -32,6 +33,8 @@ if not OmegaConf.has_resolver("vq.at_most_bits"):
     OmegaConf.register_new_resolver("vq.at_most_bits", at_most_bits)
 if not OmegaConf.has_resolver("vq.local_batch"):
     OmegaConf.register_new_resolver("vq.local_batch", local_batch)
+if not OmegaConf.has_resolver("vq.sweep_name"):  # cached: each job keeps its sweep's folder (io/sweep.py)
+    OmegaConf.register_new_resolver("vq.sweep_name", lambda overrides: sweep_name(list(overrides)), use_cache=True)
 
 
 def bit_widths(cfg: DictConfig) -> BitWidths:

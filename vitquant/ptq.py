@@ -20,6 +20,7 @@ from vitquant.errors import CoverageError
 from vitquant.io.atomic import write_json, write_text
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import save_quantized
+from vitquant.io.sweep import finished_cell
 from vitquant.methods.recipe import Recipe
 from vitquant.models.finite import check_calibrated
 from vitquant.models.quantize import quantized_twin
@@ -51,6 +52,8 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.out_dir)
+    if (finished := finished_cell(out_dir)) is not None:
+        return finished
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_name = f"{cfg.model.name}-{cfg.method.name}-w{bits.w}a{bits.a}-s{cfg.seed}"
     logger = RunLogger(cfg.logger, run_config, str(out_dir), run_name)
