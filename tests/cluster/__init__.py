@@ -1,0 +1,1 @@
+"""Tests against a real one-node Slurm cluster (marker ``cluster``, ``make test-cluster``)."""
