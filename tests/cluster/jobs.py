@@ -6,15 +6,18 @@ package so that its own conftest.py does not take that name).
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "qat"))
-from tiny_qat import TINY_TRAIN  # noqa: E402 - tests/qat is on the path only when its tests are collected
+from tiny_qat import TINY_TRAIN  # noqa: E402, F401 - re-exported; tests/qat is on the path only with its tests
 
 
 def slurm_env(partition: str) -> dict[str, str]:
@@ -42,6 +45,28 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> str:
         raise AssertionError(f"{' '.join(proc.args)} still running after {timeout} s:\n{out[-4000:]}") from None
     assert proc.returncode == 0, f"{' '.join(proc.args)} exited {proc.returncode}:\n{out[-4000:]}"
     return out
+
+
+def job_ids(root: Path) -> list[str]:
+    """Slurm ids of the jobs of every sweep under ``root`` (submitit's folders: ``<id>`` or ``<array id>_<i>``)."""
+    return sorted(p.name for p in root.glob("**/.submitit/*") if re.fullmatch(r"\d+(_\d+)?", p.name))
+
+
+@contextmanager
+def cleanup(root: Path) -> Iterator[list[subprocess.Popen]]:
+    """Yields a list to put started commands in; on the way out, kills those still running and cancels
+    the Slurm jobs of the sweeps under ``root`` (a failed test leaves nothing behind on the cluster)."""
+    procs: list[subprocess.Popen] = []
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        ids = job_ids(root)
+        if ids:
+            subprocess.run(["scancel", *ids], check=False, capture_output=True)
 
 
 def job_logs(sweep: Path) -> str:
