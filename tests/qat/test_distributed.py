@@ -1,0 +1,118 @@
+"""Rank discovery: torchrun's variables, then a Slurm job step's (srun / submitit); one error line when a
+multi-task job cannot form its group."""
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_qat import train_args
+
+from vitquant.errors import UserError
+from vitquant.qat.distributed import (
+    PORT_RANGE,
+    DistInfo,
+    discover,
+    env_rank,
+    first_host,
+    slurm_port,
+    task_device,
+    tasks_on_node,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+# What srun sets for task 1 of `tasks_per_node=2` (as seen on the CI cluster), plus what a job always has
+SLURM_STEP = {"SLURM_JOB_ID": "41", "SLURM_JOB_NODELIST": "vm", "SLURM_STEP_NODELIST": "vm", "SLURM_NTASKS": "2",
+              "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_TASKS_PER_NODE": "2", "SLURM_PROCID": "1",
+              "SLURM_LOCALID": "1", "SLURM_NODEID": "0"}
+
+
+def test_no_variables_is_one_process():
+    assert discover({}) is None
+
+
+def test_torchrun_variables_win():
+    rdv = discover({**SLURM_STEP, "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                    "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400"})
+    assert (rdv.info, rdv.local_world, rdv.master_addr, rdv.master_port, rdv.source) == (
+        DistInfo(3, 4, 1), 2, "10.0.0.1", 29400, "torchrun")
+    assert discover({"RANK": "0", "WORLD_SIZE": "1"}) is None
+
+
+def test_slurm_job_step_gives_rank_world_and_a_rendezvous():
+    rdv = discover(SLURM_STEP)
+    assert (rdv.info, rdv.local_world, rdv.master_addr, rdv.source) == (DistInfo(1, 2, 1), 2, "vm", "slurm")
+    assert rdv.master_port == slurm_port("41", "0") and PORT_RANGE[0] <= rdv.master_port < PORT_RANGE[1]
+    assert discover({**SLURM_STEP, "SLURM_PROCID": "0"}).master_port == rdv.master_port  # every task agrees
+    requeued = discover({**SLURM_STEP, "SLURM_RESTART_COUNT": "1"})
+    assert requeued.master_port != rdv.master_port  # a fresh port for the requeued run
+    assert discover({**SLURM_STEP, "MASTER_ADDR": "h0", "MASTER_PORT": "12345"}).master_port == 12345
+
+
+def test_multi_node_step():
+    rdv = discover({**SLURM_STEP, "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_STEP_NUM_TASKS": "8",
+                    "SLURM_STEP_TASKS_PER_NODE": "4(x2)", "SLURM_PROCID": "6", "SLURM_LOCALID": "2",
+                    "SLURM_NODEID": "1"})
+    assert (rdv.info, rdv.local_world, rdv.master_addr) == (DistInfo(6, 8, 2), 4, "gpu07")
+
+
+def test_batch_script_or_salloc_shell_is_one_process():
+    """``sbatch -n2`` / ``salloc -n2`` then plain ``python train.py``: SLURM_NTASKS=2 but no job step."""
+    batch = {k: v for k, v in SLURM_STEP.items() if not k.startswith("SLURM_STEP")} | {"SLURM_PROCID": "0"}
+    assert discover(batch) is None
+
+
+def test_incomplete_step_variables_are_one_user_error():
+    with pytest.raises(UserError, match="rank is incomplete"):
+        discover({k: v for k, v in SLURM_STEP.items() if k != "SLURM_PROCID"})
+
+
+def test_env_rank(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", *SLURM_STEP):
+        monkeypatch.delenv(key, raising=False)
+    assert env_rank() == 0
+    for key, value in SLURM_STEP.items():
+        monkeypatch.setenv(key, value)
+    assert env_rank() == 1
+
+
+@pytest.mark.parametrize("nodelist,host", [("vm", "vm"), ("gpu[07-09,12]", "gpu07"), ("a1,a2", "a1"),
+                                           ("n[3,5],m1", "n3"), ("rack1-n[001-004]", "rack1-n001")])
+def test_first_host(nodelist, host):
+    assert first_host(nodelist) == host
+
+
+def test_tasks_on_node():
+    assert [tasks_on_node("2(x3),1", n) for n in range(4)] == [2, 2, 2, 1]
+    assert tasks_on_node("4", 0) == 4
+
+
+def test_one_gpu_per_task(monkeypatch):
+    rdv = discover(SLURM_STEP)
+    assert task_device(torch.device("cpu"), rdv) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert task_device(torch.device("cuda"), rdv) == torch.device("cuda", 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # Slurm bound one GPU to each task
+    assert task_device(torch.device("cuda"), rdv) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    four = discover({**SLURM_STEP, "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_TASKS_PER_NODE": "4"})
+    with pytest.raises(UserError, match="gpus_per_node=4"):
+        task_device(torch.device("cuda"), four)
+
+
+def test_task_that_cannot_join_its_group_stops_with_one_error_line(image_folder, tmp_path):
+    """Rank 0 of a 2-task step whose rendezvous port is taken: one ``error:`` line, exit 2, no run folder."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = {**SLURM_STEP, "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(busy.getsockname()[1]), "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
+               "PATH": "/usr/bin:/bin"}
+        out = tmp_path / "run"
+        proc = subprocess.run([sys.executable, "train.py", *train_args(image_folder), f"hydra.run.dir={out}"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2 (slurm) could not join the gloo"), lines
+    assert not out.exists()
