@@ -120,7 +120,7 @@ done
 exit 0
 EOF
 chmod 0755 "$ROOT/bin/sacct"
-printf 'export SLURM_CONF=%s PATH=%s:$PATH\n' "$CONF" "$ROOT/bin" >"$ROOT/env.sh"
+printf 'export SLURM_ROOT=%s SLURM_CONF=%s PATH=%s:$PATH\n' "$ROOT" "$CONF" "$ROOT/bin" >"$ROOT/env.sh"
 
 # 5. daemons (foreground mode in the background, own session: they outlive this script's shell)
 if ! alive "$RUN/slurmctld.pid"; then
