@@ -25,6 +25,7 @@ from vitquant.methods.recipe import Recipe
 from vitquant.models.finite import check_calibrated
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import uncalibrated_sites
+from vitquant.qat.distributed import require_one_process
 from vitquant.runtime import peak_memory_mb, seed_everything, timer
 
 log = logging.getLogger("vitquant")
@@ -48,6 +49,7 @@ def build_recipe(method_cfg: DictConfig) -> Recipe:
 def run_calibration(cfg: DictConfig) -> dict[str, Any]:
     """Calibrate, evaluate and save one quantized model; returns the metrics."""
     validate_calibrate(cfg)
+    require_one_process("calibrate.py")
     bits = bit_widths(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)

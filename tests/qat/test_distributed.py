@@ -16,6 +16,7 @@ from vitquant.qat.distributed import (
     discover,
     env_rank,
     first_host,
+    require_one_process,
     slurm_port,
     task_device,
     tasks_on_node,
@@ -93,12 +94,22 @@ def test_one_gpu_per_task(monkeypatch):
     assert task_device(torch.device("cpu"), rdv) == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert task_device(torch.device("cuda"), rdv) == torch.device("cuda", 1)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # Slurm bound one GPU to each task
-    assert task_device(torch.device("cuda"), rdv) == torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    bound = {"SLURM_JOB_GPUS": "0,1"}  # Slurm bound one of the job's 2 GPUs to each task
+    assert task_device(torch.device("cuda"), rdv, bound) == torch.device("cuda", 0)
+    with pytest.raises(UserError, match="2 tasks on this node see 1 GPUs"):  # both tasks on one GPU
+        task_device(torch.device("cuda"), rdv, {"SLURM_JOB_GPUS": "0"})
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
     four = discover({**SLURM_STEP, "SLURM_STEP_NUM_TASKS": "4", "SLURM_STEP_TASKS_PER_NODE": "4"})
     with pytest.raises(UserError, match="gpus_per_node=4"):
-        task_device(torch.device("cuda"), four)
+        task_device(torch.device("cuda"), four, {})
+
+
+def test_calibrate_refuses_several_tasks(monkeypatch):
+    for key, value in SLURM_STEP.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(UserError, match="calibrate.py runs in one process but was started as 2 tasks"):
+        require_one_process("calibrate.py")
 
 
 def test_task_that_cannot_join_its_group_stops_with_one_error_line(image_folder, tmp_path):

@@ -108,14 +108,17 @@ def discover(env: Mapping[str, str] | None = None) -> Rendezvous | None:
                         "launch with torchrun or srun (hydra/launcher=slurm), which set RANK/SLURM_PROCID") from None
 
 
-def task_device(device: torch.device, rdv: Rendezvous) -> torch.device:
-    """One GPU per task: ``cuda:LOCAL_RANK``, or the one GPU a task sees when Slurm binds a GPU per task."""
+def task_device(device: torch.device, rdv: Rendezvous, env: Mapping[str, str] | None = None) -> torch.device:
+    """One GPU per task: ``cuda:LOCAL_RANK``, or the one GPU a task sees when Slurm bound one GPU to each task
+    (the job holds at least as many GPUs on this node, ``SLURM_JOB_GPUS``, as it has tasks there)."""
     if device.type != "cuda":
         return device
+    env = os.environ if env is None else env
     visible = torch.cuda.device_count()
     if visible >= rdv.local_world:
         return torch.device("cuda", rdv.info.local_rank)
-    if visible == 1:
+    allocated = len((env.get("SLURM_STEP_GPUS") or env.get("SLURM_JOB_GPUS") or "").split(","))
+    if visible == 1 and rdv.source == "slurm" and allocated >= rdv.local_world:
         return torch.device("cuda", 0)
     raise UserError(f"{rdv.local_world} tasks on this node see {visible} GPUs: give each task its own GPU "
                     f"(hydra.launcher.gpus_per_node={rdv.local_world} with hydra.launcher.tasks_per_node="
@@ -141,6 +144,14 @@ def init_distributed(device: torch.device) -> tuple[DistInfo, torch.device]:
                             f"process group at {rdv.master_addr}:{rdv.master_port}: {e}; free that port or set "
                             "MASTER_ADDR/MASTER_PORT") from None
     return rdv.info, device
+
+
+def require_one_process(script: str) -> None:
+    """Scripts without DDP (calibrate.py) stop when started as several tasks: N copies would write one folder."""
+    rdv = discover()
+    if rdv is not None:
+        raise UserError(f"{script} runs in one process but was started as {rdv.info.world} tasks ({rdv.source}); "
+                        "use hydra.launcher.tasks_per_node=1 (or no torchrun)")
 
 
 def env_rank() -> int:
