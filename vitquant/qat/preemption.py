@@ -11,8 +11,9 @@ optimizer half-way through a step. So during training this module takes the sign
 2. after each step the ranks agree (one all-reduce) whether any of them got it, so every rank stops
    after the same step;
 3. rank 0 writes ``resume.pt``, all ranks meet at a barrier, then rank 0 calls submitit's handler
-   (checkpoint, requeue, exit) and the other ranks stop (:class:`~vitquant.qat.loop.TrainingStopped`,
-   which submitit does not record as a result, so the requeued job's results count).
+   (checkpoint, requeue, exit); the other ranks wait for the requeue to end them (after a minute they
+   stop with :class:`~vitquant.qat.loop.TrainingStopped`, which submitit does not record as a result,
+   so the requeued job's results count).
 
 The requeued job runs the same command and resumes from ``resume.pt`` exactly where the signal
 stopped it. Outside a submitit Slurm job nothing is installed.
@@ -22,11 +23,13 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 log = logging.getLogger("vitquant")
+OTHER_RANKS_WAIT_S = 60  # ranks > 0 wait this long for the requeue to end them
 
 
 class PreemptionSignal:
@@ -67,4 +70,6 @@ class PreemptionSignal:
         self.disarm()
         if is_main:
             self.submitit_handler(self.signum, self.frame)  # exits (requeued) or raises (not requeued)
+        else:  # leave the requeue to rank 0: a task that ends first could make srun end the job before it
+            time.sleep(OTHER_RANKS_WAIT_S)
         raise TrainingStopped("stopped for a requeue: the job resumes from resume.pt")
