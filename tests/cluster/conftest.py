@@ -60,3 +60,37 @@ def slurm_cluster() -> Iterator[str]:
             yield partition
     finally:
         subprocess.run([str(SCRIPTS / "stop.sh")], env=env, timeout=120, check=False)
+
+
+
+class QatRun:
+    """The QAT run both DDP cluster tests compare with: ``torchrun --nproc_per_node=2`` on 300 images,
+    2 epochs of 38 steps per rank, started in the background by the first test that asks for it."""
+
+    def __init__(self, root: Path) -> None:
+        from conftest import make_image_folder
+
+        from .jobs import TINY_TRAIN, slurm_env, start
+
+        data = make_image_folder(root / "data", {"train": 100, "val": 4})
+        self.args = [*TINY_TRAIN, f"data.root={data}", "qat.epochs=2", "qat.n_crops=4",
+                     "qat.checkpoint_every_steps=null", "eval_fp=false"]
+        self.out = root / "torchrun"
+        self.proc = start(["-m", "torch.distributed.run", "--nproc_per_node=2", str(REPO / "train.py"), *self.args,
+                           f"hydra.run.dir={self.out}"], root, slurm_env("unused"))
+
+    def quantized(self) -> Path:
+        from .jobs import finish
+
+        if self.proc.returncode is None:
+            finish(self.proc)
+        return self.out / "quantized.pt"
+
+
+@pytest.fixture(scope="session")
+def qat_reference(tmp_path_factory) -> Iterator[QatRun]:
+    run = QatRun(tmp_path_factory.mktemp("qat_reference"))
+    yield run
+    if run.proc.poll() is None:
+        run.proc.kill()
+        run.proc.communicate()

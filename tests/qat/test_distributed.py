@@ -127,3 +127,55 @@ def test_task_that_cannot_join_its_group_stops_with_one_error_line(image_folder,
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: rank 0 of 2 (slurm) could not join the gloo"), lines
     assert not out.exists()
+
+
+def _ddp_run(rank: int, cfg, port: int, stop_after: int | None) -> None:
+    import os
+
+    from vitquant.qat.loop import TrainingStopped
+    from vitquant.qat.run import run_training
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    if stop_after is not None:
+        cfg.qat.stop_after_steps = stop_after
+    try:
+        run_training(cfg)
+    except TrainingStopped:
+        pass
+
+
+def _ddp(cfg, stop_after: int | None = None) -> None:
+    import multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [mp.get_context("fork").Process(target=_ddp_run, args=(r, cfg, port, stop_after)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(180)
+    assert [p.exitcode for p in procs] == [0, 0]
+
+
+def test_ddp_kill_and_resume_equals_an_uninterrupted_ddp_run(image_folder, tmp_path):
+    """Each rank draws its own random numbers (drop path; only rank 0's evaluation loaders draw from the global
+    generator), so each rank must resume with its own RNG state: killed mid-epoch 2 after an evaluation."""
+    from omegaconf import open_dict
+    from tiny_qat import train_config_factory
+
+    from vitquant.io.quantized_checkpoint import read_quantized
+
+    make = train_config_factory(image_folder, tmp_path)
+    options = ("qat.batch_size=2", "qat.checkpoint_every_steps=3")  # 4 steps per epoch and rank
+    _ddp(make(*options, out="straight"))
+    killed = make(*options, out="killed")
+    with open_dict(killed):
+        _ddp(killed, stop_after=7)  # last checkpoint at step 6 (epoch 2, batch 2)
+    assert not (tmp_path / "killed" / "metrics.json").exists()
+    _ddp(killed)
+    _, a, _ = read_quantized(tmp_path / "straight" / "quantized.pt")
+    _, b, _ = read_quantized(tmp_path / "killed" / "quantized.pt")
+    assert [k for k in a if torch.is_tensor(a[k]) and not torch.equal(a[k], b[k])] == []

@@ -25,6 +25,7 @@ import re
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -174,6 +175,15 @@ def all_true(info: DistInfo, flag: bool) -> bool:
     return int(t.item()) == 0
 
 
+def gather(info: DistInfo, obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` without a group)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def any_true(info: DistInfo, flag: bool) -> bool:
     """``flag`` on at least one rank."""
     return not all_true(info, not flag)
@@ -193,8 +203,7 @@ def weights_digest(model: torch.nn.Module, info: DistInfo) -> str:
             sha.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     digest = sha.hexdigest()
     if info.enabled:
-        digests: list[str | None] = [None] * info.world
-        dist.all_gather_object(digests, digest)
+        digests = gather(info, digest)
         if len(set(digests)) != 1:
             raise RuntimeError(f"DDP replicas diverged: weight digests per rank {digests}")
         log.info("rank %d/%d: weights sha256 %s, identical on all ranks", info.rank, info.world, digest)

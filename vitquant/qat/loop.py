@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vitquant.data.training import ResumableSampler
-from vitquant.qat.checkpoint import save_resume, set_rng_state
-from vitquant.qat.distributed import DistInfo, any_true, barrier
+from vitquant.qat.checkpoint import rank_rng, rng_state, save_resume, set_rng_state
+from vitquant.qat.distributed import DistInfo, any_true, barrier, gather
 from vitquant.qat.losses import soft_cross_entropy, teacher_targets
 from vitquant.qat.preemption import PreemptionSignal
 from vitquant.qat.regularizer import OscillationTracker, reg_weight, variation_loss
@@ -99,8 +99,10 @@ class Trainer:
                 "oscillation": self.oscillation.state_dict(), "epoch_sums": dict(self.epoch_sums)}
 
     def save(self) -> None:
+        """Rank 0 writes the resume checkpoint (every rank calls this: their RNG states are gathered)."""
+        rngs = gather(self.dist, rng_state())
         if self.dist.is_main and self.checkpoint_path is not None:
-            save_resume(self.checkpoint_path, self.state_dict())
+            save_resume(self.checkpoint_path, self.state_dict(), rngs)
 
     def resume(self, state: dict[str, Any]) -> None:
         """Continue from a loaded resume checkpoint. The model state must already be loaded, before the
@@ -110,7 +112,7 @@ class Trainer:
         self.position = Position(**state["position"])
         self.oscillation.load_state_dict(state["oscillation"])
         self.epoch_sums = dict(state["epoch_sums"])
-        set_rng_state(state["rng"])
+        set_rng_state(rank_rng(state, self.dist.rank))
         self.position.resumed_at.append(self.position.step)
         log.info("resumed at epoch %d, batch %d (step %d)", self.position.epoch,
                  self.position.batch, self.position.step)
