@@ -64,15 +64,15 @@ def slurm_cluster() -> Iterator[str]:
 
 
 class QatRun:
-    """The QAT run both DDP cluster tests compare with: ``torchrun --nproc_per_node=2`` on 300 images,
-    2 epochs of 38 steps per rank, started in the background by the first test that asks for it."""
+    """The QAT run both DDP cluster tests compare with: ``torchrun --nproc_per_node=2`` on 120 images,
+    2 epochs of 15 steps per rank, started in the background by the first test that asks for it."""
 
     def __init__(self, root: Path) -> None:
         from conftest import make_image_folder
 
         from .jobs import TINY_TRAIN, slurm_env, start
 
-        data = make_image_folder(root / "data", {"train": 100, "val": 4})
+        data = make_image_folder(root / "data", {"train": 40, "val": 4})
         self.args = [*TINY_TRAIN, f"data.root={data}", "qat.epochs=2", "qat.n_crops=4",
                      "qat.checkpoint_every_steps=null", "eval_fp=false"]
         self.out = root / "torchrun"

@@ -7,7 +7,7 @@ import pytest
 from .jobs import assert_same_tensors, cleanup, finish, job_logs, slurm_env, start
 
 pytestmark = pytest.mark.cluster
-STEPS = 2 * 37  # 300 images, 150 per rank, batches of 4 (TINY_TRAIN's qat.batch_size), 2 epochs
+STEPS = 2 * 15  # 120 images, 60 per rank, batches of 4 (TINY_TRAIN's qat.batch_size), 2 epochs
 
 
 def test_two_task_job_trains_one_ddp_model_equal_to_torchrun(slurm_cluster, qat_reference, tmp_path):

@@ -9,7 +9,7 @@ import pytest
 from .jobs import assert_same_tensors, cleanup, finish, job_ids, job_logs, slurm_env, start
 
 pytestmark = pytest.mark.cluster
-STEPS_PER_EPOCH = 37  # 300 images, 150 per rank, batches of 4
+STEPS_PER_EPOCH = 15  # 120 images, 60 per rank, batches of 4
 
 
 def wait_for(pattern: str, root, proc: subprocess.Popen, timeout: float = 120):

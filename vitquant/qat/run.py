@@ -147,24 +147,24 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
                           stop_after_steps=cfg.qat.stop_after_steps)
     trainer = Trainer(model, teacher, loader, sampler, optimizer, scheduler, options, device, dist,
                       lambda m: task.evaluate(m, device)["top1"], log_fn, out_dir / RESUME_FILE)
-    extra: dict[str, Any] = {}
-    if resume_state is not None:
-        trainer.resume(resume_state)
-        log.info("resumed from %s", resume_path)
-    else:
-        trainer.oscillation.update(student)  # remember the initial codes: step 1's flips count
-        if cfg.eval_fp and dist.is_main:
-            extra["fp_top1"] = task.evaluate(fp_model, device)["top1"]
-        trainer.position.history.append({"epoch": 0, "top1": task.evaluate(student, device)["top1"]}
-                                        if dist.is_main else {"epoch": 0})
-        trainer.position.history[0].update(extra)
-        trainer.position.calib_ids = list(calib_ids)
-        trainer.save()
-    log.info("QAT %s %s W%dA%d: %d steps/epoch of %d images x %d crops, %d epochs, eval on %s images",
-             cfg.method.name, cfg.model.name, bits.w, bits.a, sampler.batches_per_epoch, cfg.qat.batch_size,
-             cfg.qat.n_crops, cfg.qat.epochs, max_eval or "all")
-    trainer.preemption = PreemptionSignal.arm()
+    trainer.preemption = PreemptionSignal.arm()  # from here, Slurm's end-of-job signal saves at a step boundary
     try:
+        extra: dict[str, Any] = {}
+        if resume_state is not None:
+            trainer.resume(resume_state)
+            log.info("resumed from %s", resume_path)
+        else:
+            trainer.oscillation.update(student)  # remember the initial codes: step 1's flips count
+            if cfg.eval_fp and dist.is_main:
+                extra["fp_top1"] = task.evaluate(fp_model, device)["top1"]
+            trainer.position.history.append({"epoch": 0, "top1": task.evaluate(student, device)["top1"]}
+                                            if dist.is_main else {"epoch": 0})
+            trainer.position.history[0].update(extra)
+            trainer.position.calib_ids = list(calib_ids)
+            trainer.save()
+        log.info("QAT %s %s W%dA%d: %d steps/epoch of %d images x %d crops, %d epochs, eval on %s images",
+                 cfg.method.name, cfg.model.name, bits.w, bits.a, sampler.batches_per_epoch, cfg.qat.batch_size,
+                 cfg.qat.n_crops, cfg.qat.epochs, max_eval or "all")
         history = trainer.fit()
     finally:
         if trainer.preemption is not None:
