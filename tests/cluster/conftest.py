@@ -19,12 +19,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts" / "slurm"
 CANNOT_START = 3  # start.sh: Slurm cannot be installed here
+CONFIGLESS = Path("/run/slurm/conf/slurm.conf")  # where slurmd caches the config of a "configless" cluster
 
 
 def running_partition(env: dict[str, str] | None = None) -> str | None:
     """The default (else first) partition of a cluster that answers and has a usable node, or None."""
-    if shutil.which("sinfo", path=(env or os.environ).get("PATH")) is None:
-        return None
+    env = dict(os.environ if env is None else env)
+    conf = env.get("SLURM_CONF", "/etc/slurm/slurm.conf")
+    if shutil.which("sinfo", path=env.get("PATH")) is None or not (Path(conf).is_file() or CONFIGLESS.is_file()):
+        return None  # (sinfo without a config retries for a minute)
     try:
         out = subprocess.run(["sinfo", "-h", "-o", "%P %a %T"], capture_output=True, text=True, timeout=20, env=env)
     except subprocess.TimeoutExpired:
