@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup setup-mm demo test test-all bench bench-speed bench-qat reference lint clean report
+.PHONY: setup setup-mm demo test test-cluster test-all bench bench-speed bench-qat reference lint clean report
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,9 @@ demo: setup  ## train (first time) and quantize the embedded demo model, print a
 
 test: setup  ## fast suite (minutes)
 	$(BIN)/python -m pytest -q
+
+test-cluster: setup  ## Slurm tests on a one-node cluster (scripts/slurm/start.sh; root + apt, else skipped)
+	$(BIN)/python -m pytest -q -m cluster tests/cluster
 
 test-all: setup  ## everything, slow end-to-end runs included
 	$(BIN)/python -m pytest -q -m "slow or not slow"

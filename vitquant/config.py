@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from vitquant.errors import UserError
 from vitquant.io.quantized_checkpoint import FORMAT as QUANTIZED_FORMAT
+from vitquant.io.sweep import sweep_name
 from vitquant.methods.recipe import BitWidths
 from vitquant.models.pretrained_input import timm_input
 from vitquant.nn.site import SITE_KINDS
@@ -56,6 +57,8 @@ def model_base() -> DictConfig:
 
 
 ConfigStore.instance().store(name="model_base", node=model_base())
+if not OmegaConf.has_resolver("vq.sweep_name"):  # cached: each job keeps its sweep's folder (io/sweep.py)
+    OmegaConf.register_new_resolver("vq.sweep_name", lambda overrides: sweep_name(list(overrides)), use_cache=True)
 
 
 def bit_widths(cfg: DictConfig) -> BitWidths:

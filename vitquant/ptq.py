@@ -20,10 +20,12 @@ from vitquant.errors import CoverageError
 from vitquant.io.atomic import write_json, write_text
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import save_quantized
+from vitquant.io.sweep import finished_cell
 from vitquant.methods.recipe import Recipe
 from vitquant.models.finite import check_calibrated
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import uncalibrated_sites
+from vitquant.qat.distributed import require_one_process
 from vitquant.runtime import peak_memory_mb, seed_everything, timer
 from vitquant.tasks.base import build_task
 
@@ -37,10 +39,13 @@ def build_recipe(method_cfg: DictConfig) -> Recipe:
 def run_calibration(cfg: DictConfig) -> dict[str, Any]:
     """Calibrate, evaluate and save one quantized model; returns the metrics."""
     validate_calibrate(cfg)
+    require_one_process("calibrate.py")
     bits = bit_widths(cfg)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     out_dir = Path(cfg.out_dir)
+    if (finished := finished_cell(out_dir)) is not None:
+        return finished
     run_config = OmegaConf.to_container(cfg, resolve=True)
     run_name = f"{cfg.model.name}-{cfg.method.name}-w{bits.w}a{bits.a}-s{cfg.seed}"
     logger = RunLogger(cfg.logger, run_config, str(out_dir), run_name, job_type="calibrate")

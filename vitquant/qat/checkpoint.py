@@ -1,7 +1,9 @@
 """The resume checkpoint ``<run dir>/resume.pt``: everything needed to continue a run bit-exactly.
 
 Contents: model (quant twin, quantizer state included), optimizer, scheduler, AMP-free position
-(epoch, batch within the epoch, global step), RNG states (Python, NumPy, torch CPU and CUDA), the
+(epoch, batch within the epoch, global step), RNG states (Python, NumPy, torch CPU and CUDA; under DDP
+one per rank, since the ranks draw different random numbers: only rank 0 evaluates, and evaluation
+loaders draw from the global generator), the
 oscillation tracker, the per-epoch history, the FP top-1 and the accumulated train seconds. It is
 written atomically (temporary file + rename), so a ``kill -9`` during the write leaves the previous
 checkpoint intact; loading uses ``weights_only=True`` (NumPy's RNG state is stored as a tensor).
@@ -41,12 +43,20 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_resume(path: str | Path, state: dict[str, Any]) -> Path:
-    return save_torch(path, {"format": FORMAT, **state, "rng": rng_state()})
+def save_resume(path: str | Path, state: dict[str, Any], rng_per_rank: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``state`` with this process's RNG state and, under DDP, every rank's (``rng_per_rank[r]``)."""
+    return save_torch(path, {"format": FORMAT, **state, "rng": rng_state(),
+                             **({"rng_per_rank": rng_per_rank} if rng_per_rank and len(rng_per_rank) > 1 else {})})
+
+
+def rank_rng(state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """The RNG state rank ``rank`` saved (rank 0's when the run had fewer ranks or one process)."""
+    per_rank = state.get("rng_per_rank") or []
+    return per_rank[rank] if rank < len(per_rank) else state["rng"]
 
 
 def load_resume(path: str | Path) -> dict[str, Any]:
-    """The stored state (RNG not yet applied: call ``set_rng_state(state['rng'])`` last)."""
+    """The stored state (RNG not yet applied: call ``set_rng_state(rank_rng(state, rank))`` last)."""
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a truncated/foreign file

@@ -8,9 +8,10 @@ One step (``images``: (B, n_crops, C, H, W), all crops of a batch go through the
 
 The position (epoch, batch in epoch, global step) advances with every step; a resume checkpoint is
 written every ``checkpoint_every_steps`` steps and at the end of each epoch (after its evaluation),
-on rank 0 only. Because the sampler and the crops are functions of (seed, epoch, position) and the
-RNG states travel in the checkpoint, resuming mid-epoch replays exactly what an uninterrupted run
-does (bit-identical on CPU).
+on rank 0 only, and when Slurm signals the end of the job (preemption.py: after that step every rank
+stops, rank 0 saves, submitit requeues). Because the sampler and the crops are functions of (seed,
+epoch, position) and the RNG states travel in the checkpoint, resuming mid-epoch replays exactly
+what an uninterrupted run does (bit-identical on CPU).
 """
 from __future__ import annotations
 
@@ -28,9 +29,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vitquant.data.training import ResumableSampler
-from vitquant.qat.checkpoint import save_resume, set_rng_state
-from vitquant.qat.distributed import DistInfo, barrier
+from vitquant.qat.checkpoint import rank_rng, rng_state, save_resume, set_rng_state
+from vitquant.qat.distributed import DistInfo, any_true, barrier, gather
 from vitquant.qat.losses import soft_cross_entropy, teacher_targets
+from vitquant.qat.preemption import PreemptionSignal
 from vitquant.qat.regularizer import OscillationTracker, reg_weight, variation_loss
 
 log = logging.getLogger("vitquant")
@@ -49,6 +51,7 @@ class Position:
     train_seconds: float = 0.0
     train_cpu_seconds: float = 0.0
     calib_ids: list[int] = field(default_factory=list)
+    resumed_at: list[int] = field(default_factory=list)  # global step of each resume
 
 
 @dataclass
@@ -78,6 +81,7 @@ class Trainer:
         self.oscillation = OscillationTracker()
         self.steps_this_process = 0
         self.epoch_sums: dict[str, float] = {}
+        self.preemption: PreemptionSignal | None = None  # set while running as a submitit Slurm job
 
     @property
     def module(self) -> nn.Module:
@@ -95,8 +99,10 @@ class Trainer:
                 "oscillation": self.oscillation.state_dict(), "epoch_sums": dict(self.epoch_sums)}
 
     def save(self) -> None:
+        """Rank 0 writes the resume checkpoint (every rank calls this: their RNG states are gathered)."""
+        rngs = gather(self.dist, rng_state())
         if self.dist.is_main and self.checkpoint_path is not None:
-            save_resume(self.checkpoint_path, self.state_dict())
+            save_resume(self.checkpoint_path, self.state_dict(), rngs)
 
     def resume(self, state: dict[str, Any]) -> None:
         """Continue from a loaded resume checkpoint. The model state must already be loaded, before the
@@ -106,7 +112,8 @@ class Trainer:
         self.position = Position(**state["position"])
         self.oscillation.load_state_dict(state["oscillation"])
         self.epoch_sums = dict(state["epoch_sums"])
-        set_rng_state(state["rng"])
+        set_rng_state(rank_rng(state, self.dist.rank))
+        self.position.resumed_at.append(self.position.step)
         log.info("resumed at epoch %d, batch %d (step %d)", self.position.epoch,
                  self.position.batch, self.position.step)
 
@@ -177,6 +184,11 @@ class Trainer:
                 self.save()
             if self.options.stop_after_steps is not None and self.steps_this_process >= self.options.stop_after_steps:
                 raise TrainingStopped(f"stopped after {self.steps_this_process} steps (qat.stop_after_steps)")
+            if self.preemption is not None and any_true(self.dist, self.preemption.requested):
+                self.save()
+                barrier(self.dist)
+                log.info("saved at epoch %d, batch %d (step %d) for the requeue", pos.epoch, pos.batch, pos.step)
+                self.preemption.hand_over(self.dist.is_main)
         self.end_epoch()
 
     def accumulate(self, metrics: dict[str, float]) -> None:

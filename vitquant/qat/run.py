@@ -28,14 +28,16 @@ from vitquant.errors import CoverageError, UserError
 from vitquant.io.atomic import write_json, write_text
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import read_quantized, save_quantized
+from vitquant.io.sweep import finished_cell
 from vitquant.methods.recipe import Recipe
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import uncalibrated_sites
 from vitquant.ptq import build_recipe, build_task
 from vitquant.qat.checkpoint import RESUME_FILE, load_resume
 from vitquant.qat.config import validate_train
-from vitquant.qat.distributed import DistInfo, barrier, env_rank, init_distributed, shutdown
+from vitquant.qat.distributed import DistInfo, barrier, env_rank, init_distributed, shutdown, weights_digest
 from vitquant.qat.loop import LoopOptions, Trainer
+from vitquant.qat.preemption import PreemptionSignal
 from vitquant.qat.soft_labels import SoftLabelCrops
 from vitquant.qat.teacher import build_teacher
 from vitquant.quant.base import Quantizer
@@ -145,23 +147,29 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
                           stop_after_steps=cfg.qat.stop_after_steps)
     trainer = Trainer(model, teacher, loader, sampler, optimizer, scheduler, options, device, dist,
                       lambda m: task.evaluate(m, device)["top1"], log_fn, out_dir / RESUME_FILE)
-    extra: dict[str, Any] = {}
-    if resume_state is not None:
-        trainer.resume(resume_state)
-        log.info("resumed from %s", resume_path)
-    else:
-        trainer.oscillation.update(student)  # remember the initial codes: step 1's flips count
-        if cfg.eval_fp and dist.is_main:
-            extra["fp_top1"] = task.evaluate(fp_model, device)["top1"]
-        trainer.position.history.append({"epoch": 0, "top1": task.evaluate(student, device)["top1"]}
-                                        if dist.is_main else {"epoch": 0})
-        trainer.position.history[0].update(extra)
-        trainer.position.calib_ids = list(calib_ids)
-        trainer.save()
-    log.info("QAT %s %s W%dA%d: %d steps/epoch of %d images x %d crops, %d epochs, eval on %s images",
-             cfg.method.name, cfg.model.name, bits.w, bits.a, sampler.batches_per_epoch, cfg.qat.batch_size,
-             cfg.qat.n_crops, cfg.qat.epochs, max_eval or "all")
-    history = trainer.fit()
+    trainer.preemption = PreemptionSignal.arm()  # from here, Slurm's end-of-job signal saves at a step boundary
+    try:
+        extra: dict[str, Any] = {}
+        if resume_state is not None:
+            trainer.resume(resume_state)
+            log.info("resumed from %s", resume_path)
+        else:
+            trainer.oscillation.update(student)  # remember the initial codes: step 1's flips count
+            if cfg.eval_fp and dist.is_main:
+                extra["fp_top1"] = task.evaluate(fp_model, device)["top1"]
+            trainer.position.history.append({"epoch": 0, "top1": task.evaluate(student, device)["top1"]}
+                                            if dist.is_main else {"epoch": 0})
+            trainer.position.history[0].update(extra)
+            trainer.position.calib_ids = list(calib_ids)
+            trainer.save()
+        log.info("QAT %s %s W%dA%d: %d steps/epoch of %d images x %d crops, %d epochs, eval on %s images",
+                 cfg.method.name, cfg.model.name, bits.w, bits.a, sampler.batches_per_epoch, cfg.qat.batch_size,
+                 cfg.qat.n_crops, cfg.qat.epochs, max_eval or "all")
+        history = trainer.fit()
+    finally:
+        if trainer.preemption is not None:
+            trainer.preemption.disarm()
+    digest = weights_digest(trainer.module, dist)
     metrics = {
         "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "qat": cfg.qat.name,
         "policy": cfg.policy.name, "teacher": cfg.teacher.name, "w_bits": bits.w, "a_bits": bits.a,
@@ -172,6 +180,7 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
         "steps": trainer.position.step,
         "oscillation_rate": history[-1].get("oscillation_rate"), "n_eval_images": max_eval, "seed": cfg.seed,
         "device": str(device), "world_size": dist.world, "init": cfg.init, "primary_metric": task.primary_metric,
+        "resumed_at_steps": trainer.position.resumed_at, "weights_sha256": digest,
     }
     run_config = OmegaConf.to_container(cfg, resolve=True)
     return TrainResult(trainer.module, metrics, run_config, trainer.position.calib_ids)
@@ -180,6 +189,8 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
 def run_training(cfg: DictConfig) -> dict[str, Any]:
     """Train, then (rank 0) write ``quantized.pt``, ``config.yaml`` and, last, ``metrics.json``."""
     out_dir = Path(cfg.out_dir)
+    if (finished := finished_cell(out_dir)) is not None:
+        return finished
     run_config = OmegaConf.to_container(cfg, resolve=True)
     name = f"{cfg.model.name}-{cfg.qat.name}-w{cfg.w_bits}a{cfg.a_bits}-s{cfg.seed}"
     is_main = env_rank() == 0
