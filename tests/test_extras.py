@@ -39,7 +39,7 @@ def test_wandb_logger_without_wandb(monkeypatch, tmp_path):
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     block(monkeypatch, "wandb")
-    assert RunLogger({"name": "wandb", "mode": "disabled"}, {}, str(tmp_path), "r", "calibrate").run is None  # never needed
+    assert RunLogger({"name": "wandb", "mode": "disabled"}, {}, str(tmp_path), "r", "calibrate").run is None
     with pytest.raises(MissingExtraError, match=r"vitquant\[wandb\]"):
         RunLogger({"name": "wandb", "mode": "offline"}, {}, str(tmp_path), "r", "calibrate")
 
