@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup setup-mm demo test test-cluster test-all bench bench-speed bench-qat reference lint clean report
+.PHONY: setup setup-mm demo test test-cluster test-wheel test-all bench bench-speed bench-qat reference lint clean report
 
 setup: $(VENV)/.installed
 
@@ -35,6 +35,9 @@ test: setup  ## fast suite (minutes)
 
 test-cluster: setup  ## Slurm tests on a one-node cluster (scripts/slurm/start.sh; root + apt, else skipped)
 	$(BIN)/python -m pytest -q -m cluster tests/cluster
+
+test-wheel: setup  ## the built wheel, installed into a fresh venv, runs the entry points and the demo from another folder
+	$(BIN)/python -m pytest -q -m wheel tests/test_packaging.py
 
 test-all: setup  ## everything, slow end-to-end runs included
 	$(BIN)/python -m pytest -q -m "slow or not slow"
