@@ -108,8 +108,9 @@ class Quantizer(nn.Module):
 
     def start_observing(self, max_elements: int | None = None) -> None:
         """Stream: until ``finish_observing``, ``forward`` adds its input to a bounded sample (at most
-        ``max_elements`` values, default this quantizer's cap) and returns it unchanged. Set
-        ``self.sampler.share`` to the fraction of the calibration set each forward carries."""
+        ``max_elements`` values, default this quantizer's cap) and returns it quantized with the current
+        parameters if initialised, else unchanged. Set ``self.sampler.share`` to the fraction of the
+        calibration set each forward carries."""
         cap = self.max_elements if max_elements is None else min(self.max_elements, int(max_elements))
         self.sampler = RowSampler(self.axis, cap, self.seed)
 
@@ -155,9 +156,9 @@ class Quantizer(nn.Module):
         return value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.sampler is not None:
+        if self.sampler is not None:  # streaming: observe; quantize with warm-start parameters if any
             self.sampler.add(x)
-            return x
+            return self.quantize(x) if self.is_ready() else x
         if not self.is_ready():
             if not self.calibrating:
                 raise RuntimeError(f"{type(self).__name__} used before calibration; run a method's "
