@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 DEFAULT_MAX_ELEMENTS = 1 << 24
@@ -60,7 +61,8 @@ def to_rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
 
 
 def sample_indices(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
-    """``k`` distinct indices of ``range(n)``, uniform without replacement, sorted, in O(k) memory.
+    """``k`` distinct indices of ``range(n)``, uniform without replacement, sorted, in O(k) memory
+    (int32 when ``n`` < 2^31).
 
     Draws with replacement until ``k`` distinct values are in hand, then keeps a random ``k`` of them:
     by symmetry every k-subset is equally likely. (A permutation of ``n`` would cost 8·n bytes: 6.6 GB
@@ -69,13 +71,26 @@ def sample_indices(n: int, k: int, gen: torch.Generator) -> torch.Tensor:
     if 2 * k >= n:
         return torch.randperm(n, generator=gen)[:k].sort().values
     dtype = torch.int32 if n < 2**31 else torch.int64  # half the memory of the dedup sort
-    idx = torch.empty(0, dtype=dtype)
-    while idx.numel() < k:
-        draw = torch.randint(n, (int(1.05 * (k - idx.numel())) + 16,), generator=gen, dtype=dtype)
-        idx = torch.unique(torch.cat([idx, draw]))
-    if idx.numel() > k:
-        idx = idx[torch.randperm(idx.numel(), generator=gen)[:k]].sort().values
-    return idx.long()
+    idx = None
+    while idx is None or idx.numel() < k:
+        have = 0 if idx is None else idx.numel()
+        draw = torch.randint(n, (int(1.05 * (k - have)) + 16,), generator=gen, dtype=dtype)
+        idx = sorted_unique(draw if idx is None else torch.cat([idx, draw]))
+    if idx.numel() > k:  # drop a uniform random subset of the surplus
+        keep = torch.ones(idx.numel(), dtype=torch.bool)
+        keep[sample_indices(idx.numel(), idx.numel() - k, gen)] = False
+        idx = idx[keep]
+    return idx
+
+
+def sorted_unique(values: torch.Tensor) -> torch.Tensor:
+    """Distinct values of a 1-D CPU integer tensor, sorted; sorts ``values`` in place (numpy's sort needs no
+    index array: ``torch.unique`` and ``torch.sort`` allocate 8 more bytes per value for one)."""
+    arr = values.numpy()
+    arr.sort()
+    first = np.ones(arr.size, dtype=bool)
+    np.not_equal(arr[1:], arr[:-1], out=first[1:])
+    return torch.from_numpy(arr[first])
 
 
 def gather_rows(xm: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -85,7 +100,7 @@ def gather_rows(xm: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return xm.reshape(-1, c).index_select(0, idx.to(xm.device)).float()
     parts = []
     for s in range(0, idx.numel(), GATHER_ROWS):
-        where = torch.unravel_index(idx[s: s + GATHER_ROWS].to(xm.device), xm.shape[:-1])
+        where = torch.unravel_index(idx[s: s + GATHER_ROWS].long().to(xm.device), xm.shape[:-1])
         parts.append(xm[where].float())
     return torch.cat(parts) if parts else xm.new_empty((0, c), dtype=torch.float32)
 
