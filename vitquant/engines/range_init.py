@@ -82,9 +82,12 @@ def init_ranges(model: nn.Module, ctx: CalibContext, weights: bool = True, activ
                 for q in streamed:
                     q.sampler.share = len(chunk) / len(images)
                 model(chunk.to(ctx.device))
-        finally:
-            for q in streamed:
-                q.finish_observing()
+        except BaseException:
+            for q in streamed:  # a failed pass initialises nothing from a partial stream
+                q.sampler = None
+            raise
+        for q in streamed:
+            q.finish_observing()
     finally:
         set_calibrating(model, False)
         model.train(was_training)
