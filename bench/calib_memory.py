@@ -193,11 +193,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--images", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--one-batch-images", type=int, nargs="*", default=[8],
                         help="also measure the single forward (the previous behaviour) at these counts")
-    parser.add_argument("--agree-images", type=int, default=8)
-    parser.add_argument("--agree-scale", type=int, nargs=2, default=[640, 384])
+    parser.add_argument("--agree-images", type=int, default=6)
+    parser.add_argument("--agree-scale", type=int, nargs=2, default=[448, 256])
     parser.add_argument("--agree-batch", type=int, default=2)
     parser.add_argument("--agree-held-out", type=int, default=2)
     parser.add_argument("--skip-agreement", action="store_true")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cells of an earlier calib_memory.json that did not fail; run the rest")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.cell:
@@ -208,12 +210,18 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     from vitquant.io.atomic import write_json, write_text
 
+    earlier = json.loads((args.out / "calib_memory.json").read_text()) \
+        if args.resume and (args.out / "calib_memory.json").exists() else {}
+    done = {(c["images"], c["mode"]): c for c in earlier.get("memory", []) if "error" not in c}
     res: dict = {"command": COMMAND, "memory": []}
     cells = [(n, "bounded") for n in args.images] + [(n, "one_batch") for n in args.one_batch_images]
     for n, mode in cells:
-        res["memory"].append(child({"kind": "memory", "n": n, "mode": mode}))
+        res["memory"].append(done.get((n, mode)) or child({"kind": "memory", "n": n, "mode": mode}))
         print(res["memory"][-1], flush=True)
-    if not args.skip_agreement:
+    agreement = earlier.get("agreement")
+    if agreement and "error" not in agreement:
+        res["agreement"] = agreement
+    elif not args.skip_agreement:
         res["agreement"] = child({"kind": "agreement", "n": args.agree_images, "scale": args.agree_scale,
                                   "batch": args.agree_batch, "held_out": args.agree_held_out})
         print(res["agreement"], flush=True)
