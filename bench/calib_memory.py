@@ -72,11 +72,13 @@ def setup(n: int, scale: list[int] | None):
 
 
 def with_stage(recipe, **options):
-    """``recipe`` with its range-initialisation stage called with ``options``."""
+    """``recipe`` (the ``percentile`` method: one option-free ``init_ranges`` stage) with that stage called
+    with ``options``."""
     from vitquant.engines.range_init import init_ranges
 
-    assert [getattr(s, "func", s) for s in recipe.stages] == [init_ranges], recipe.stages
-    recipe.stages = [partial(recipe.stages[0], **options)]
+    (stage,) = recipe.stages
+    assert stage.func is init_ranges and not stage.args and not stage.keywords, stage
+    recipe.stages = [partial(init_ranges, **options)]
     return recipe
 
 
