@@ -40,8 +40,9 @@ class Quantizer(nn.Module):
     Every quantizer fits itself from an :class:`~vitquant.quant.stats.Observation` (``initialize``):
     a bounded seeded row sample plus exact extrema, built by the shared observation path
     (``observe`` for one tensor; ``start_observing``/``finish_observing`` to stream micro-batches,
-    during which ``forward`` only observes and passes ``x`` through). What a quantizer computes from
-    it (quantiles, searches) is its own; how much of the data it holds is the path's.
+    during which ``forward`` observes ``x`` and quantizes it with the current parameters, if any).
+    What a quantizer computes from it (quantiles, searches) is its own; how much of the data it
+    holds is the path's.
     """
 
     def __init__(self, bits: int, granularity: str = "tensor", channel_dim: int = -1,
@@ -99,6 +100,7 @@ class Quantizer(nn.Module):
 
     @torch.no_grad()
     def init_from_observation(self, obs: Observation) -> None:
+        """Set every parameter from ``obs`` and mark the quantizer initialised."""
         self.initialize(obs)
         self.initialized.fill_(True)
 
