@@ -124,7 +124,10 @@ class RowSampler:
     def add(self, x: torch.Tensor, share: float | None = None) -> None:
         share = self.share if share is None else share
         x = x.detach()
-        xm = x.unsqueeze(-1) if self.axis is None else x.movedim(self.axis, -1)
+        if self.axis is None:  # one column
+            xm = x.reshape(-1, 1) if x.dim() < 2 else x.unsqueeze(-1)
+        else:  # channels last; a 1-D tensor is one row
+            xm = x.movedim(self.axis, -1) if x.dim() > 1 else x.unsqueeze(0)
         lead = tuple(range(xm.dim() - 1))
         lo, hi = xm.amin(dim=lead).float(), xm.amax(dim=lead).float()
         self.lo = lo if self.lo is None else torch.minimum(self.lo, lo)
