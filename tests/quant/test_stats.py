@@ -109,3 +109,9 @@ def test_chunked_gather_of_a_non_contiguous_tensor(monkeypatch):
     x = torch.randn(6, 40, 5).transpose(1, 2)
     assert torch.equal(observe(x, None, max_elements=100, seed=1).rows.flatten(),
                        x.reshape(-1)[sample_indices(1200, 100, torch.Generator().manual_seed(1))])
+
+
+@pytest.mark.parametrize("x,axis", [(torch.tensor(3.0), None), (torch.randn(5), None), (torch.randn(5), 0)])
+def test_scalars_and_vectors_are_observed_as_to_rows_views_them(x, axis):
+    obs, rows = observe(x, axis), to_rows(x, axis)
+    assert torch.equal(obs.rows, rows) and torch.equal(obs.lo, rows.min(0).values)
