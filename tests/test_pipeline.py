@@ -15,7 +15,7 @@ from vitquant.ptq import build_recipe, build_task, run_calibration
 
 OUTPUTS = {"config.yaml", "metrics.json", "quantized.pt", "calib_ids.json"}
 METRIC_KEYS = {"task", "model", "method", "w_bits", "a_bits", "top1", "top5", "fp_top1", "n_calib",
-               "calib_seconds", "eval_seconds", "seed"}
+               "calib_seconds", "eval_seconds", "seed", "peak_memory_mb", "peak_rss_mb"}
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile"])
@@ -26,6 +26,7 @@ def test_calibrate_save_evaluate_round_trip(tiny_run, image_folder, method):
     assert OUTPUTS <= {p.name for p in out.iterdir()}
     assert METRIC_KEYS <= set(json.loads((out / "metrics.json").read_text()))
     assert metrics["n_calib"] == 8 and len(json.loads((out / "calib_ids.json").read_text())) == 8
+    assert metrics["peak_rss_mb"] > 100 and metrics["range_init_batch_images"] == 8  # one forward at 32 px
     torch.load(out / "quantized.pt", weights_only=True)
 
     eval_cfg = tiny_run(f"checkpoint={out / 'quantized.pt'}", "data=cifar10", f"data.root={image_folder}",

@@ -26,7 +26,7 @@ from vitquant.models.finite import check_calibrated
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import uncalibrated_sites
 from vitquant.qat.distributed import require_one_process
-from vitquant.runtime import peak_memory_mb, seed_everything, timer
+from vitquant.runtime import peak_memory, seed_everything, timer
 from vitquant.tasks.base import build_task
 
 log = logging.getLogger("vitquant")
@@ -79,7 +79,7 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
             **{k: q_metrics[k] for k in keys}, **{f"fp_{k}": fp_metrics[k] for k in keys},
             "n_eval_images": q_metrics["n_images"],
             "n_calib": recipe.n_calib, "calib_seconds": calib["seconds"], "eval_seconds": q_eval["seconds"],
-            "fp_eval_seconds": fp_eval["seconds"] if cfg.eval_fp else None, "peak_memory_mb": peak_memory_mb(device),
+            "fp_eval_seconds": fp_eval["seconds"] if cfg.eval_fp else None, **peak_memory(device),
             "seed": cfg.seed, "device": str(device), "primary_metric": task.primary_metric, **ctx.metrics,
         }
         save_quantized(out_dir / "quantized.pt", qmodel, OmegaConf.create(run_config), calib_ids)

@@ -120,7 +120,7 @@ def test_candidate_search_scores_on_a_bounded_subsample_with_candidates_from_all
     sample = capped.search_rows(rows)
     assert sample.shape == (100, 4)
     reference = UniformQuantizer(bits=4, init="mse", granularity="channel")
-    candidates = [reference.params_for_range(lo, hi) for lo, hi in reference.candidate_ranges(rows)]
+    candidates = [reference.params_for_range(lo, hi) for lo, hi in reference.candidate_ranges(capped.observe(x))]
     expected = least_error(candidates, lambda s, z: (reference.fake_quant(sample, s, z) - sample).pow(2).mean(0))
     assert torch.equal(capped.scale, expected[0]) and torch.equal(capped.zero_point, expected[1])
     uncapped = UniformQuantizer(bits=4, init="mse", granularity="channel")

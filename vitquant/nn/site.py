@@ -116,6 +116,13 @@ def set_calibrating(model: nn.Module, on: bool) -> None:
             module.calibrating = on
 
 
+def uninitialised_activation_quantizers(model: nn.Module) -> list[Quantizer]:
+    """Quantizers of the enabled activation sites that have not been initialised yet: the ones a
+    calibration pass over data fits (range initialisation streams its micro-batches into them)."""
+    return [s.quantizer for _, s in quantized_sites(model)
+            if s.enabled and not s.is_weight and not bool(s.quantizer.initialized)]
+
+
 def uncalibrated_sites(model: nn.Module) -> list[str]:
     """Names of sites whose quantizer never saw data: a non-empty list is a coverage failure."""
     return [n for n, s in quantized_sites(model) if not bool(s.quantizer.initialized)]

@@ -18,7 +18,14 @@ import torch
 from torch import nn
 
 from vitquant.errors import UserError
-from vitquant.quant.stats import DEFAULT_MAX_ELEMENTS, SEARCH_MAX_ELEMENTS, subsample_rows, to_rows
+from vitquant.quant.stats import (
+    DEFAULT_MAX_ELEMENTS,
+    SEARCH_MAX_ELEMENTS,
+    Observation,
+    RowSampler,
+    observe,
+    subsample_rows,
+)
 
 GRANULARITIES = ("tensor", "channel", "head")
 
@@ -30,6 +37,13 @@ class Quantizer(nn.Module):
     (RepQ-ViT/I&S-ViT calibrate this way: one forward over the calibration batch, each layer
     seeing the already quantized output of the layers before it). Outside calibration an
     uninitialised quantizer raises instead of silently fitting itself to evaluation data.
+
+    Every quantizer fits itself from an :class:`~vitquant.quant.stats.Observation` (``initialize``):
+    a bounded seeded row sample plus exact extrema, built by the shared observation path
+    (``observe`` for one tensor; ``start_observing``/``finish_observing`` to stream micro-batches,
+    during which ``forward`` observes ``x`` and quantizes it with the current parameters, if any).
+    What a quantizer computes from it (quantiles, searches) is its own; how much of the data it
+    holds is the path's.
     """
 
     def __init__(self, bits: int, granularity: str = "tensor", channel_dim: int = -1,
@@ -50,6 +64,7 @@ class Quantizer(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self._ready: tuple[torch.Tensor, int] | None = None  # (flag tensor, its version) last seen True
         self._derived: dict[str, tuple[tuple, Any]] = {}  # name -> (key, value), see ``derived``
+        self.sampler: RowSampler | None = None  # set while streaming observations (``start_observing``)
 
     # ----------------------------------------------------------------- layout helpers
     @property
@@ -57,9 +72,13 @@ class Quantizer(nn.Module):
         """Dimension that carries separate parameters (None for per-tensor)."""
         return {"tensor": None, "channel": self.channel_dim, "head": 1}[self.granularity]
 
+    def observe(self, x: torch.Tensor) -> Observation:
+        """The bounded observation of one calibration tensor (``vitquant.quant.stats``)."""
+        return observe(x, self.axis, self.max_elements, self.seed)
+
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """Calibration view of ``x``: (rows, channels), bounded in size by a seeded row subsample."""
-        return subsample_rows(to_rows(x.detach().float(), self.axis), self.max_elements, self.seed)
+        return self.observe(x).rows
 
     def search_rows(self, rows: torch.Tensor) -> torch.Tensor:
         """The rows that score a candidate search: at most ``search_max_elements`` values of ``rows``
@@ -78,11 +97,36 @@ class Quantizer(nn.Module):
     @torch.no_grad()
     def init_from(self, x: torch.Tensor) -> None:
         """Set every parameter from calibration data ``x`` (weights: the weight tensor itself)."""
-        self.initialize(x.detach())
+        self.init_from_observation(self.observe(x))
+
+    @torch.no_grad()
+    def init_from_observation(self, obs: Observation) -> None:
+        """Set every parameter from ``obs`` and mark the quantizer initialised."""
+        self.initialize(obs)
         self.initialized.fill_(True)
 
-    def initialize(self, x: torch.Tensor) -> None:  # pragma: no cover - abstract
+    def initialize(self, obs: Observation) -> None:  # pragma: no cover - abstract
+        """Set every parameter from ``obs`` (its row sample ``obs.rows`` and extrema ``obs.lo``/``obs.hi``)."""
         raise NotImplementedError
+
+    def start_observing(self, max_elements: int | None = None) -> None:
+        """Stream: until ``finish_observing``, ``forward`` adds its input to a bounded sample (at most
+        ``max_elements`` values, default this quantizer's cap) and returns it quantized with the current
+        parameters if initialised, else unchanged. Set ``self.sampler.share`` to the fraction of the
+        calibration set each forward carries."""
+        cap = self.max_elements if max_elements is None else min(self.max_elements, int(max_elements))
+        self.sampler = RowSampler(self.axis, cap, self.seed)
+
+    @torch.no_grad()
+    def finish_observing(self) -> Observation | None:
+        """Initialise from everything streamed since ``start_observing`` (nothing seen: stay as is);
+        returns the observation (None when nothing was seen)."""
+        sampler, self.sampler = self.sampler, None
+        if sampler is None or sampler.n_rows == 0:
+            return None
+        obs = sampler.observation()
+        self.init_from_observation(obs)
+        return obs
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """Fake-quantize ``x`` with the current parameters (differentiable through STE)."""
@@ -115,6 +159,9 @@ class Quantizer(nn.Module):
         return value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sampler is not None:  # streaming: observe; quantize with warm-start parameters if any
+            self.sampler.add(x)
+            return self.quantize(x) if self.is_ready() else x
         if not self.is_ready():
             if not self.calibrating:
                 raise RuntimeError(f"{type(self).__name__} used before calibration; run a method's "

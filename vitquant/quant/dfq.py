@@ -29,7 +29,7 @@ from torch import nn
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
-from vitquant.quant.stats import least_error, quantile_rows
+from vitquant.quant.stats import Observation, least_error, quantile_rows
 from vitquant.quant.ste import round_ste
 
 
@@ -71,8 +71,8 @@ class DynamicFocusingQuantizer(Quantizer):
         # a ≥ c would be an empty interval: fall back to [0, c] there
         return [(torch.where(lo < hi, lo, zero), hi) for lo in lows for hi in highs]
 
-    def initialize(self, x: torch.Tensor) -> None:
-        rows = self.rows(x)
+    def initialize(self, obs: Observation) -> None:
+        rows = obs.rows
         sample = self.search_rows(rows)
         error = lambda lo, hi: (self.fake_quant(sample, lo, hi) - sample).pow(2).mean(0)  # noqa: E731
         lower, upper = least_error(self.candidate_intervals(rows), error)

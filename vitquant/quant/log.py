@@ -18,7 +18,7 @@ import torch
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
-from vitquant.quant.stats import least_error, quantile_rows
+from vitquant.quant.stats import Observation, least_error, quantile_rows
 from vitquant.quant.ste import round_ste
 
 
@@ -45,8 +45,8 @@ class LogQuantizer(Quantizer):
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return self.fake_quant(x, self.expand(self.scale, x))
 
-    def initialize(self, x: torch.Tensor) -> None:
-        rows = self.rows(x)
+    def initialize(self, obs: Observation) -> None:
+        rows = obs.rows
         if self.fixed_scale is not None:
             self.set_param("scale", torch.full((rows.shape[1],), float(self.fixed_scale)))
             return

@@ -33,6 +33,7 @@ from torch import nn
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
+from vitquant.quant.stats import Observation
 from vitquant.quant.ste import grad_scale, round_ste
 
 GRAD_SCALES = ("lsq", "l1", "sqrt_n", "none")
@@ -116,9 +117,9 @@ class LSQQuantizer(Quantizer):
                 break
         return scale
 
-    def initialize(self, x: torch.Tensor) -> None:
-        rows = self.rows(x)
-        offset = rows.amin(0).clamp_max(0.0) if self.learn_offset else torch.zeros(rows.shape[1])
+    def initialize(self, obs: Observation) -> None:
+        rows = obs.rows
+        offset = obs.lo.clamp_max(0.0) if self.learn_offset else torch.zeros(rows.shape[1])
         offset = offset.to(rows)
         if self.init == "mse":
             scale = self.mse_scale(rows - offset)

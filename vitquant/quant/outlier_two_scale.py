@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from vitquant.quant.ptf import PowerOfTwoChannelQuantizer
-from vitquant.quant.stats import least_error
+from vitquant.quant.stats import Observation, least_error
 
 
 class OutlierTwoScaleQuantizer(PowerOfTwoChannelQuantizer):
@@ -38,9 +38,8 @@ class OutlierTwoScaleQuantizer(PowerOfTwoChannelQuantizer):
     def exponents(self) -> torch.Tensor:
         return self.shift * self.outlier
 
-    def initialize(self, x: torch.Tensor) -> None:
-        rows = self.rows(x)
-        lo, hi = rows.min(dim=0).values, rows.max(dim=0).values
+    def initialize(self, obs: Observation) -> None:
+        rows, lo, hi = obs.rows, obs.lo, obs.hi
         span = hi - lo
         outlier = span > self.outlier_ratio * span.median()
         lo_n, hi_n = lo[~outlier].min().clamp_max(0.0), hi[~outlier].max().clamp_min(0.0)

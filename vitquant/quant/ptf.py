@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from vitquant.quant.base import Quantizer
-from vitquant.quant.stats import least_error
+from vitquant.quant.stats import Observation, least_error
 from vitquant.quant.ste import round_ste
 
 
@@ -72,9 +72,9 @@ class PowerOfTwoFactorQuantizer(PowerOfTwoChannelQuantizer):
     def exponents(self) -> torch.Tensor:
         return self.alpha
 
-    def initialize(self, x: torch.Tensor) -> None:
-        rows = self.rows(x)
-        lo, hi = rows.min(), rows.max()
+    def initialize(self, obs: Observation) -> None:
+        rows = obs.rows
+        lo, hi = obs.lo.min(), obs.hi.max()
         scale_top = ((hi - lo) / self.qmax).clamp_min(torch.finfo(torch.float32).eps)
         zero = torch.clamp(-torch.round(lo / scale_top), 0, self.qmax)
         self.set_param("scale", (scale_top / 2 ** self.max_factor).reshape(1))

@@ -39,7 +39,7 @@ import torch
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
-from vitquant.quant.stats import least_error, to_rows
+from vitquant.quant.stats import Observation, least_error
 from vitquant.quant.ste import round_ste
 
 DEFAULT_SHIFTS = (0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -81,11 +81,9 @@ class SULQuantizer(Quantizer):
         return self.fake_quant(x, self.expand(self.shift, x), self.expand(self.log_min, x),
                                self.expand(self.log_max, x), self.steps)
 
-    def initialize(self, x: torch.Tensor) -> None:
-        full = to_rows(x.float(), self.axis)
-        lo, hi = full.min(dim=0).values, full.max(dim=0).values  # log2 is monotone: m, M from min, max
-        rows = self.rows(x)
-        sample = self.search_rows(rows)
+    def initialize(self, obs: Observation) -> None:
+        lo, hi = obs.lo, obs.hi  # over every value; log2 is monotone: m, M from min, max
+        sample = self.search_rows(obs.rows)
         candidates = [(torch.full_like(lo, eta), torch.log2(lo + eta), torch.log2(hi + eta)) for eta in self.shifts]
         calib_steps = 2 ** self.bits - 1  # the official η search uses 2^b − 1, unlike its forward
         shift, log_min, log_max = least_error(

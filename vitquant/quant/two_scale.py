@@ -32,7 +32,7 @@ import torch
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
-from vitquant.quant.stats import least_error
+from vitquant.quant.stats import Observation, least_error
 from vitquant.quant.ste import round_ste
 
 
@@ -87,8 +87,8 @@ class TwoRegionQuantizer(Quantizer):
             self.set_param(name, value)
         self.initialized.fill_(True)
 
-    def initialize(self, x: torch.Tensor) -> None:
-        rows = self.rows(x)
+    def initialize(self, obs: Observation) -> None:
+        rows = obs.rows
         sample = self.search_rows(rows)
         mse = lambda *p: (self.fake_quant(sample, *p) - sample).pow(2).mean(0)  # noqa: E731
         self.set_candidate(*least_error(self.candidates(rows), mse))

@@ -27,7 +27,7 @@ import torch
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
-from vitquant.quant.stats import least_error, quantile_rows
+from vitquant.quant.stats import Observation, least_error, quantile_rows
 from vitquant.quant.ste import needs_grad, round_ste
 
 INITS = ("minmax", "percentile", "mse")
@@ -129,20 +129,20 @@ class UniformQuantizer(Quantizer):
         return torch.div(x, step).round_().clamp_(lo, hi).mul_(step)
 
     # ----------------------------------------------------------------- calibration
-    def candidate_ranges(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Clipping ranges to compare, each a pair of (C,) tensors."""
-        lo, hi = rows.min(dim=0).values, rows.max(dim=0).values
+    def candidate_ranges(self, obs: Observation) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Clipping ranges to compare, each a pair of (C,) tensors (extrema: over every value seen;
+        quantiles: of the row sample)."""
+        lo, hi = obs.lo, obs.hi
         if self.init == "minmax":
             return [(lo, hi)]
         if self.init == "percentile":
-            return [(quantile_rows(rows, 1.0 - p), quantile_rows(rows, p)) for p in self.percentiles]
+            return [(quantile_rows(obs.rows, 1.0 - p), quantile_rows(obs.rows, p)) for p in self.percentiles]
         alphas = torch.linspace(1.0 / self.grid, 1.0, self.grid)
         return [(lo * a, hi * a) for a in alphas.tolist()]
 
-    def initialize(self, x: torch.Tensor) -> None:
-        rows = self.rows(x)
-        candidates = [self.params_for_range(lo, hi) for lo, hi in self.candidate_ranges(rows)]
-        sample = self.search_rows(rows)
+    def initialize(self, obs: Observation) -> None:
+        candidates = [self.params_for_range(lo, hi) for lo, hi in self.candidate_ranges(obs)]
+        sample = self.search_rows(obs.rows)
         scale, zero = least_error(candidates,
                                   lambda s, z: (self.fake_quant(sample, s, z) - sample).pow(2).mean(0))
         self.set_param("scale", scale)
