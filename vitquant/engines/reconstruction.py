@@ -62,6 +62,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vitquant.engines.context import CalibContext
+from vitquant.engines.cpu_heap import reuse_heap
 from vitquant.engines.curriculum import curriculum_batches, random_batches, sample_losses
 from vitquant.engines.qdrop import mix, quant_dropout
 from vitquant.nn import QuantAttention, QuantConv2d, QuantLinear, QuantWindowAttention
@@ -301,38 +302,39 @@ def reconstruct_blocks(model: nn.Module, ctx: CalibContext, iters: int = 1000, b
     units = reconstruction_units(model)
     saved = {p: p.requires_grad for p in model.parameters()}
     model.requires_grad_(False)
-    bar = tqdm(total=len(units) * iters, desc="reconstruction", disable=None if progress else True)
-    try:
-        previous = None
-        for index, (name, unit) in enumerate(units):
-            bar.set_description(f"recon {name}")
-            extra_groups = [g for h in hooks for g in h.begin(name, unit) if g["params"]]
-            if not (train_weights or learn_act_scales or extra_groups):
-                previous = None  # nothing cached for this unit: its successor captures from the start
-                bar.update(iters)
-                continue
-            data = cache_unit(model, name, unit, ctx, images, batch_size, input_source, drop_prob > 0, previous)
-            previous = None  # the previous unit's data is no longer needed: free it before optimising
-            sampler = torch.Generator().manual_seed(ctx.seed + index)
-            batches = (curriculum_batches(score_samples(unit, data, batch_size, ctx.device), batch_size, iters,
-                                          sampler, curriculum_start, curriculum_grow)
-                       if curriculum else random_batches(len(data.inputs), batch_size, sampler))
-            loss = optimise_unit(unit, data, ctx, seed=ctx.seed + index, iters=iters, batch_size=batch_size,
-                                 lr=lr, drop_prob=drop_prob, learn_act_scales=learn_act_scales, act_lr=act_lr,
-                                 round_mode=round_mode, round_loss_weight=round_loss_weight, b_range=b_range,
-                                 warmup=warmup, bar=bar, batches=batches, train_weights=train_weights,
-                                 extra_groups=extra_groups, hooks=hooks)
-            ctx.log({f"recon/{name}/loss": loss})
+    with reuse_heap(ctx.device):
+        bar = tqdm(total=len(units) * iters, desc="reconstruction", disable=None if progress else True)
+        try:
+            previous = None
+            for index, (name, unit) in enumerate(units):
+                bar.set_description(f"recon {name}")
+                extra_groups = [g for h in hooks for g in h.begin(name, unit) if g["params"]]
+                if not (train_weights or learn_act_scales or extra_groups):
+                    previous = None  # nothing cached for this unit: its successor captures from the start
+                    bar.update(iters)
+                    continue
+                data = cache_unit(model, name, unit, ctx, images, batch_size, input_source, drop_prob > 0, previous)
+                previous = None  # the previous unit's data is no longer needed: free it before optimising
+                sampler = torch.Generator().manual_seed(ctx.seed + index)
+                batches = (curriculum_batches(score_samples(unit, data, batch_size, ctx.device), batch_size, iters,
+                                              sampler, curriculum_start, curriculum_grow)
+                           if curriculum else random_batches(len(data.inputs), batch_size, sampler))
+                loss = optimise_unit(unit, data, ctx, seed=ctx.seed + index, iters=iters, batch_size=batch_size,
+                                     lr=lr, drop_prob=drop_prob, learn_act_scales=learn_act_scales, act_lr=act_lr,
+                                     round_mode=round_mode, round_loss_weight=round_loss_weight, b_range=b_range,
+                                     warmup=warmup, bar=bar, batches=batches, train_weights=train_weights,
+                                     extra_groups=extra_groups, hooks=hooks)
+                ctx.log({f"recon/{name}/loss": loss})
+                for hook in hooks:
+                    hook.end(name, unit, data, ctx)  # finalised first: the successor's inputs run through it
+                previous = (name, unit, data)
             for hook in hooks:
-                hook.end(name, unit, data, ctx)  # finalised first: the successor's inputs run through it
-            previous = (name, unit, data)
-        for hook in hooks:
-            hook.finish(ctx)
-    finally:
-        bar.close()
-        for p in model.parameters():
-            p.requires_grad_(saved.get(p, False))
-        model.eval()
+                hook.finish(ctx)
+        finally:
+            bar.close()
+            for p in model.parameters():
+                p.requires_grad_(saved.get(p, False))
+            model.eval()
 
 
 def score_samples(unit: nn.Module, data: UnitData, batch_size: int, device: torch.device) -> torch.Tensor:
