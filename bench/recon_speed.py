@@ -91,6 +91,16 @@ def block_input(fp, block, images):
     return seen[0]
 
 
+def ste_weights(lr: float) -> dict:
+    """I&S-ViT's weight training in either engine API: ``hooks=[SteWeights(lr)]`` (issue #22), or the
+    keyword ``lr`` of the engine before it (the baseline; STE was its default)."""
+    try:
+        from vitquant.engines.rounding import SteWeights
+    except ImportError:
+        return {"lr": lr}
+    return {"hooks": [SteWeights(lr)]}
+
+
 def child_iteration(args) -> dict:
     import torch
     from torch import nn
@@ -131,8 +141,8 @@ def child_iteration(args) -> dict:
         ctx = CalibContext(nn.Sequential(copy.deepcopy(fp.blocks[args.block])), x, device, 0)
 
         def engine(iters: int) -> None:
-            reconstruct_blocks(one, ctx, iters=iters, batch_size=args.batch, lr=4e-5, input_source=source,
-                               progress=False)
+            reconstruct_blocks(one, ctx, iters=iters, batch_size=args.batch, input_source=source, progress=False,
+                               **ste_weights(4e-5))
 
         float_s, quant_s, engine_s = [], [], []
         for _ in range(args.repeats):
@@ -152,6 +162,30 @@ def child_iteration(args) -> dict:
         print(stage, {k: v for k, v in out[stage].items() if not k.endswith("all")}, file=sys.stderr, flush=True)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return out
+
+
+def child_memory(args) -> dict:
+    """Peak RSS after reconstructing one block (stage 3) for ``--iters`` iterations, then again for
+    four times as many in the same process: the high-water mark stays put when memory is flat in
+    the number of iterations."""
+    import torch
+    from torch import nn
+
+    from vitquant.engines.context import CalibContext
+    from vitquant.engines.range_init import init_ranges
+    from vitquant.engines.reconstruction import reconstruct_blocks
+    _, _, fp, qmodel, images = setup(compose_isvit(args.batch, 1, 10))
+    device = torch.device("cpu")
+    init_ranges(qmodel, CalibContext(fp, images, device, 0), weights=True, n_images=args.batch)
+    x = block_input(fp, fp.blocks[args.block], images)
+    one = nn.Sequential(qmodel.blocks[args.block])
+    ctx = CalibContext(nn.Sequential(copy.deepcopy(fp.blocks[args.block])), x, device, 0)
+    peaks = {}
+    for iters in (args.iters, 4 * args.iters):
+        reconstruct_blocks(one, ctx, iters=iters, batch_size=args.batch, input_source="quantized", progress=False,
+                           **ste_weights(4e-5))
+        peaks[iters] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"peak_rss_mb_by_iters": peaks}
 
 
 def child_whole(args) -> dict:
@@ -197,15 +231,21 @@ def run_children(jobs: list[tuple[Path, list[str]]]) -> list[dict]:
     return results
 
 
-def extrapolate(whole: list[dict], target: int) -> dict[str, float]:
-    """Calibration CPU seconds at ``target`` iterations per tree: the cost is fixed (range init, caching)
-    plus linear in the iterations, so two runs give both parts."""
+def extrapolate(whole: list[dict], iteration: dict, target: int, blocks: int = 12) -> dict[str, float]:
+    """Calibration CPU seconds at ``target`` iterations per tree: the cost is a fixed part (range init,
+    caching, the patch-embed and head units) plus a part linear in the iterations. From two whole runs,
+    the slope between them; from one, the measured engine cost of an iteration of a block in each
+    stage times the ``blocks`` blocks (the two layer-wise units' iterations are left out: an
+    underestimate by their share)."""
     out = {}
     for tree in sorted({w["tree"] for w in whole}):
         runs = sorted((w["iters"], w["calib_cpu_s"]) for w in whole if w["tree"] == tree)
-        if len(runs) >= 2:
-            (i0, c0), (i1, c1) = runs[0], runs[-1]
+        (i0, c0), (i1, c1) = runs[0], runs[-1]
+        if i1 > i0:
             out[tree] = c0 + (target - i0) * (c1 - c0) / (i1 - i0)
+        elif tree in iteration:
+            per_iteration = blocks * sum(iteration[tree][stage]["engine_iter_s"] for stage in ("stage1", "stage3"))
+            out[tree] = c0 + (target - i0) * per_iteration
     return out
 
 
@@ -216,22 +256,27 @@ def git_head(tree: Path) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--child", choices=("iteration", "whole"))
+    parser.add_argument("--child", choices=("iteration", "whole", "memory"))
     parser.add_argument("--base", type=Path, help="checkout of the baseline commit")
     parser.add_argument("--block", type=int, default=0)
     parser.add_argument("--batch", type=int, default=64, help="I&S-ViT's reconstruction batch")
     parser.add_argument("--iters", type=int, default=10, help="iterations timed per engine measurement")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--images", type=int, default=128)
-    parser.add_argument("--whole-iters", type=int, nargs="*", default=[4, 12])
+    parser.add_argument("--whole-iters", type=int, nargs="*", default=[3])
     parser.add_argument("--target-iters", type=int, default=100,
                         help="iteration count the whole-run CPU time is extrapolated to (linear in iterations)")
     parser.add_argument("--eval-images", type=int, default=200)
-    parser.add_argument("--skip-iteration", action="store_true")
+    parser.add_argument("--iteration-from", type=Path,
+                        help="take the per-iteration results from this JSON ({tree: result}) instead of measuring")
+    parser.add_argument("--memory-iters", type=int, default=5, help="memory check: this many, then 4× as many")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.child == "iteration":
         print(json.dumps({**child_iteration(args), "process_cpu_s": time.process_time()}))
+        return {}
+    if args.child == "memory":
+        print(json.dumps({**child_memory(args), "process_cpu_s": time.process_time()}))
         return {}
     if args.child == "whole":
         print(json.dumps({**child_whole(args), "process_cpu_s": time.process_time()}))
@@ -241,19 +286,25 @@ def main(argv: list[str] | None = None) -> dict:
     trees = {"base": args.base.resolve(), "new": REPO}
     res: dict = {"base_commit": git_head(trees["base"]), "commit": git_head(REPO), "block": args.block,
                  "batch": args.batch, "target_iters": args.target_iters, "iteration": {}, "whole": []}
-    if not args.skip_iteration:
+    memory_argv = ["--child", "memory", "--block", str(args.block), "--batch", str(args.batch),
+                   "--iters", str(args.memory_iters)]
+    jobs = [(name, iters) for iters in args.whole_iters for name in trees]
+    rows = run_children([(trees[name], memory_argv) for name in trees]
+                        + [(trees[name], ["--child", "whole", "--images", str(args.images), "--iters", str(iters),
+                                          "--eval-images", str(args.eval_images)]) for name, iters in jobs])
+    res["memory"] = dict(zip(trees, rows[: len(trees)]))
+    for (name, _), row in zip(jobs, rows[len(trees):]):
+        res["whole"].append({"tree": name, **row})
+        print(name, {k: v for k, v in row.items() if k != "recon_losses"}, flush=True)
+    if args.iteration_from:  # read after the runs above: it may be written while they run
+        res["iteration"] = json.loads(args.iteration_from.read_text())
+    else:
         argv = ["--child", "iteration", "--block", str(args.block), "--batch", str(args.batch),
                 "--iters", str(args.iters), "--repeats", str(args.repeats)]
         for name, row in zip(trees, run_children([(tree, argv) for tree in trees.values()])):
             res["iteration"][name] = row
             print(name, row, flush=True)
-    jobs = [(name, iters) for iters in args.whole_iters for name in trees]
-    rows = run_children([(trees[name], ["--child", "whole", "--images", str(args.images), "--iters", str(iters),
-                                        "--eval-images", str(args.eval_images)]) for name, iters in jobs])
-    for (name, _), row in zip(jobs, rows):
-        res["whole"].append({"tree": name, **row})
-        print(name, {k: v for k, v in row.items() if k != "recon_losses"}, flush=True)
-    res["whole_estimate"] = extrapolate(res["whole"], args.target_iters)
+    res["whole_estimate"] = extrapolate(res["whole"], res["iteration"], args.target_iters)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "recon_speed.json").write_text(json.dumps(res, indent=1) + "\n")
     (args.out / "recon_speed.md").write_text(markdown(res))
@@ -273,6 +324,12 @@ def markdown(res: dict) -> str:
                 r = it[stage]
                 lines.append(f"| {name} | {stage} | {r['float_s']:.3f} | {r['quant_fwd_bwd_s']:.3f} | "
                              f"{r['quant_ratio']:.2f} | {r['engine_iter_s']:.3f} | {r['engine_ratio']:.2f} |")
+    if res.get("memory"):
+        lines += ["", "Peak RSS (MB) of a process that reconstructs the block (stage 3) for n iterations, then 4n:", "",
+                  "| tree | " + " | ".join(f"after {k} it." for k in next(iter(res["memory"].values()))[
+                      "peak_rss_mb_by_iters"]) + " |", "|---|---|---|"]
+        lines += [f"| {name} | " + " | ".join(f"{v:.0f}" for v in m["peak_rss_mb_by_iters"].values()) + " |"
+                  for name, m in res["memory"].items()]
     if res["whole"]:
         lines += ["", "Whole `isvit` (both reconstruction stages, every unit), seed 0:", "",
                   "| tree | images | iterations | calibration CPU s | process CPU s | peak RSS MB | agree_top1 % "
@@ -282,8 +339,9 @@ def markdown(res: dict) -> str:
                   f"| {w['peak_rss_mb']:.0f} | {w['agree_top1']:.1f} ({w['n_eval']}) | {w['state_checksum']:.6f} |"
                   for w in res["whole"]]
     if res.get("whole_estimate"):
-        lines += ["", f"Calibration CPU minutes extrapolated to {res['target_iters']} iterations (fixed part + "
-                  "per-iteration part from the two runs): " + ", ".join(
+        lines += ["", f"Calibration CPU minutes extrapolated to {res['target_iters']} iterations (the run's own CPU "
+                  "time + the further iterations at the engine's measured cost per block iteration, 12 blocks × "
+                  "2 stages; patch-embed and head iterations left out): " + ", ".join(
                       f"{tree} {sec / 60:.1f}" for tree, sec in res["whole_estimate"].items())]
     return "\n".join(lines) + "\n"
 
