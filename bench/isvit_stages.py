@@ -54,9 +54,12 @@ def compose_run(model: str, method: str, bits: int, seed: int, overrides: list[s
 
 
 def stage_label(stage) -> str:
-    """``reconstruct_blocks(input_source=fp)``: the stage function and the options that tell stages apart."""
-    keys = ("input_source", "weights", "round_mode", "include_reduction")
-    options = ", ".join(f"{k}={v}" for k, v in getattr(stage, "keywords", {}).items() if k in keys)
+    """``reconstruct_blocks(input_source=fp, SteWeights)``: the stage function and the options (and
+    reconstruction hooks) that tell stages apart."""
+    keys = ("input_source", "weights", "include_reduction")
+    keywords = getattr(stage, "keywords", {})
+    options = ", ".join([f"{k}={v}" for k, v in keywords.items() if k in keys]
+                        + [type(h).__name__ for h in keywords.get("hooks", ())])
     return f"{getattr(stage, 'func', stage).__name__}({options})"
 
 

@@ -48,8 +48,10 @@ def test_any_reconstruction_can_use_the_curriculum(tiny_vit):
     import copy
 
     from vitquant.engines.context import CalibContext
+    from vitquant.engines.curriculum import CurriculumBatches
     from vitquant.engines.range_init import init_ranges
     from vitquant.engines.reconstruction import reconstruct_blocks
+    from vitquant.engines.rounding import SteWeights
     from vitquant.methods.recipe import BitWidths, Recipe
     from vitquant.models.twin import to_quant_twin
     from vitquant.quant.uniform import UniformQuantizer
@@ -60,5 +62,18 @@ def test_any_reconstruction_can_use_the_curriculum(tiny_vit):
         q, ["weight", "post_ln", "post_gelu", "linear_in"], BitWidths(4, 4, 4, 4))
     init_ranges(q, ctx)
     head = q.head.weight.clone()
-    reconstruct_blocks(q, ctx, iters=3, batch_size=4, lr=1e-3, curriculum=True, progress=False)
+    reconstruct_blocks(q, ctx, iters=3, batch_size=4, hooks=[SteWeights(1e-3)], sampler=CurriculumBatches(),
+                       progress=False)
     assert not torch.equal(q.head.weight, head)
+
+
+def test_switched_off_curriculum_draws_like_the_default_sampler():
+    from vitquant.engines.curriculum import CurriculumBatches, RandomBatches
+
+    def draw(sampler) -> list[torch.Tensor]:
+        batches = sampler.batches(20, 4, 10, torch.Generator().manual_seed(3), lambda: pytest.fail("scored"))
+        return [next(batches) for _ in range(5)]
+
+    assert all(torch.equal(a, b) for a, b in zip(draw(CurriculumBatches(enabled=False)), draw(RandomBatches())))
+    with pytest.raises(ValueError, match="start fraction"):
+        CurriculumBatches(start=0.0)

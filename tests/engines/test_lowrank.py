@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vitquant.engines.context import CalibContext
+from vitquant.engines.curriculum import CurriculumBatches
 from vitquant.engines.lowrank import LowRankHook, capped_ranks
 from vitquant.engines.reconstruction import reconstruct_blocks
 from vitquant.models.twin import to_quant_twin
@@ -42,7 +43,7 @@ def test_rank_search_picks_the_rank_of_the_error(tiny_vit):
         before = (q(x) - tiny_vit(x)).pow(2).mean()
     hook = LowRankHook(ranks=(0, 2, 4, 8), lr=2e-2, alpha_lr=5e-2, rank_cost=0.5, search_warmup=0.3,
                        search_fraction=0.7, layers=("fc2",))
-    reconstruct_blocks(q, ctx, iters=300, batch_size=8, train_weights=False, hooks=[hook], progress=False)
+    reconstruct_blocks(q, ctx, iters=300, batch_size=8, hooks=[hook], progress=False)
     assert hook.chosen == {"blocks.0.mlp.fc2": 4, "blocks.1.mlp.fc2": 0}, hook.chosen
     assert ctx.metrics["lowrank_ranks"] == hook.chosen and ctx.metrics["lowrank_form"] == "unmerged"
     assert ctx.metrics["lowrank_extra_params"] == 4 * (192 + 48)
@@ -60,7 +61,7 @@ def test_mixture_estimator_runs_and_selects_a_candidate(tiny_vit):
     ctx = context(tiny_vit, {}, {})
     q = perturbed_twin(tiny_vit, rank=4)
     hook = LowRankHook(ranks=(0, 2, 4, 8), lr=1e-2, estimator="mixture", layers=("fc2",))
-    reconstruct_blocks(q, ctx, iters=20, batch_size=8, train_weights=False, hooks=[hook], progress=False)
+    reconstruct_blocks(q, ctx, iters=20, batch_size=8, hooks=[hook], progress=False)
     assert set(hook.chosen.values()) <= {0, 2, 4, 8} and len(hook.chosen) == 2
 
 
@@ -74,7 +75,7 @@ def test_fixed_rank_forms_and_curriculum_reduce_the_error(tiny_vit, form):
     with torch.no_grad():
         before = (q(x) - tiny_vit(x)).pow(2).mean()
     hook = LowRankHook(form=form, search=False, fixed_rank=4, lr=1e-2, layers=("fc2",))
-    reconstruct_blocks(q, ctx, iters=60, batch_size=8, train_weights=False, hooks=[hook], curriculum=True,
+    reconstruct_blocks(q, ctx, iters=60, batch_size=8, hooks=[hook], sampler=CurriculumBatches(),
                        progress=False)
     with torch.no_grad():
         assert (q(x) - tiny_vit(x)).pow(2).mean() < before / 4
@@ -92,7 +93,7 @@ def test_disabled_hook_trains_nothing(tiny_vit):
     q = perturbed_twin(tiny_vit, rank=2)
     state = copy.deepcopy(q.state_dict())
     hook = LowRankHook(enabled=False)
-    reconstruct_blocks(q, ctx, iters=5, batch_size=8, train_weights=False, hooks=[hook], progress=False)
+    reconstruct_blocks(q, ctx, iters=5, batch_size=8, hooks=[hook], progress=False)
     assert all(torch.equal(v, q.state_dict()[k]) for k, v in state.items()) and not ctx.metrics
 
 

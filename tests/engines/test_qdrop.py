@@ -32,3 +32,18 @@ def test_quant_dropout_wraps_activation_quantizers_only_and_restores():
     assert layer.input_site.quantizer is before_in
     with quant_dropout(layer, 0.0, torch.Generator()):
         assert layer.input_site.quantizer is before_in
+
+
+def test_qdrop_hook_mixes_inputs_with_the_engine_generator_and_checks_prob():
+    import pytest
+
+    from vitquant.engines.qdrop import QDrop
+    layer, hook = linear(), QDrop(1.0)
+    assert hook.needs_fp_inputs and not QDrop(0.0).needs_fp_inputs
+    fp, q = torch.zeros(8, 4), torch.ones(8, 4)
+    with hook.optimising(layer, torch.Generator().manual_seed(0)):
+        assert isinstance(layer.input_site.quantizer, DropQuantizer)
+        assert torch.equal(hook.inputs(q, fp), fp) and torch.equal(hook.inputs(q, None), q)
+    assert not isinstance(layer.input_site.quantizer, DropQuantizer)
+    with pytest.raises(ValueError, match="probability"):
+        QDrop(1.5)

@@ -4,16 +4,19 @@ from functools import partial
 import pytest
 import torch
 
+from vitquant.engines.act_scales import LearnActScales
 from vitquant.engines.context import CalibContext
+from vitquant.engines.qdrop import QDrop
 from vitquant.engines.range_init import init_ranges
 from vitquant.engines.reconstruction import (
+    ReconHook,
     capture,
     lp_loss,
     reconstruct_blocks,
     reconstruction_units,
-    rounding_temperature,
     unit_output,
 )
+from vitquant.engines.rounding import AdaRoundWeights, SteWeights, rounding_temperature
 from vitquant.methods.recipe import BitWidths, Recipe
 from vitquant.models.twin import to_quant_twin
 from vitquant.nn import QuantLinear, iter_sites, set_quant_state
@@ -72,7 +75,7 @@ def test_reconstruction_lowers_block_error_and_logs(tiny_vit):
     ctx = context(tiny_vit, n=16, log=logged.update)
     q = quantized(tiny_vit, ctx)
     before = {n: unit_error(q, ctx, n) for n in ("blocks.0", "blocks.1")}
-    reconstruct_blocks(q, ctx, iters=20, batch_size=4, lr=1e-3, input_source="fp", progress=False)
+    reconstruct_blocks(q, ctx, iters=20, batch_size=4, input_source="fp", hooks=[SteWeights(1e-3)], progress=False)
     after = {n: unit_error(q, ctx, n) for n in ("blocks.0", "blocks.1")}
     assert all(after[n] < before[n] for n in before), (before, after)
     assert set(logged) == {f"recon/{n}/loss" for n in ("patch_embed.proj", "blocks.0", "blocks.1", "head")}
@@ -83,7 +86,7 @@ def test_requires_grad_restored_and_norms_and_quantizers_frozen(tiny_vit):
     q = quantized(tiny_vit, ctx, weights=False)  # I&S-ViT stage 1: FP weights, quantized activations
     flags = {n: p.requires_grad for n, p in q.named_parameters()}
     state = {k: v.clone() for k, v in q.state_dict().items() if torch.is_tensor(v)}
-    reconstruct_blocks(q, ctx, lr=1e-3, input_source="fp", **RECON)
+    reconstruct_blocks(q, ctx, input_source="fp", hooks=[SteWeights(1e-3)], **RECON)
     assert {n: p.requires_grad for n, p in q.named_parameters()} == flags
     assert not q.training
     changed = {k for k, v in q.state_dict().items() if k in state and not torch.equal(v, state[k])}
@@ -97,7 +100,7 @@ def test_swin_runs_with_patch_merging(tiny_swin, input_source):
     ctx = context(tiny_swin, log=logged.update)
     q = quantized(tiny_swin, ctx)
     reduction = q.layers[1].downsample.reduction.weight.clone()
-    reconstruct_blocks(q, ctx, lr=1e-3, input_source=input_source, **RECON)
+    reconstruct_blocks(q, ctx, input_source=input_source, hooks=[SteWeights(1e-3)], **RECON)
     assert "recon/layers.1.downsample/loss" in logged and "recon/head.fc/loss" in logged
     assert not torch.equal(q.layers[1].downsample.reduction.weight, reduction)
     with torch.no_grad():
@@ -110,7 +113,7 @@ def test_quantized_input_source_reads_quantized_model_inputs(tiny_vit):
     fp_in, _ = capture(ctx.fp_model, ctx.fp_model.blocks[1], ctx.images, 4, ctx.device)
     q_in, _ = capture(q, q.blocks[1], ctx.images, 4, ctx.device)
     assert q_in.shape == fp_in.shape and not torch.allclose(q_in, fp_in)
-    reconstruct_blocks(q, ctx, input_source="quantized", **RECON)
+    reconstruct_blocks(q, ctx, input_source="quantized", hooks=[SteWeights()], **RECON)
 
 
 def test_uninitialised_quantizers_are_refused(tiny_vit):
@@ -118,13 +121,13 @@ def test_uninitialised_quantizers_are_refused(tiny_vit):
     Recipe("t", {"weight": UniformQuantizer, "activation": UniformQuantizer}, [], n_calib=8).attach(
         q, KINDS, BitWidths(4, 4, 4, 4))
     with pytest.raises(RuntimeError, match="init_ranges"):
-        reconstruct_blocks(q, context(tiny_vit), **RECON)
+        reconstruct_blocks(q, context(tiny_vit), hooks=[SteWeights()], **RECON)
 
 
 def test_adaround_result_lies_on_grid_and_reloads(tiny_vit):
     ctx = context(tiny_vit)
     q = quantized(tiny_vit, ctx)
-    reconstruct_blocks(q, ctx, round_mode="adaround", lr=1e-2, iters=4, batch_size=4, warmup=0.5,
+    reconstruct_blocks(q, ctx, iters=4, batch_size=4, hooks=[AdaRoundWeights(lr=1e-2, warmup=0.5)],
                        input_source="quantized", progress=False)
     for m in q.modules():
         if isinstance(m, QuantLinear):
@@ -143,7 +146,7 @@ def test_adaround_needs_weight_quantizers(tiny_vit):
     ctx = context(tiny_vit)
     q = quantized(tiny_vit, ctx, weights=False)
     with pytest.raises(ValueError, match="weight quantizers"):
-        reconstruct_blocks(q, ctx, round_mode="adaround", **RECON)
+        reconstruct_blocks(q, ctx, hooks=[AdaRoundWeights()], **RECON)
 
 
 def test_qdrop_with_learned_act_scales_runs_and_restores_quantizers(tiny_vit):
@@ -151,11 +154,60 @@ def test_qdrop_with_learned_act_scales_runs_and_restores_quantizers(tiny_vit):
     q = quantized(tiny_vit, ctx)
     quantizers = [s.quantizer for _, s in iter_sites(q)]
     scale = q.blocks[0].attn.proj.input_site.quantizer.scale.clone()
-    reconstruct_blocks(q, ctx, round_mode="adaround", drop_prob=0.5, learn_act_scales=True, act_lr=1e-2,
-                       input_source="quantized", lr=1e-2, **RECON)
+    hooks = [AdaRoundWeights(lr=1e-2), LearnActScales(lr=1e-2), QDrop(0.5)]
+    reconstruct_blocks(q, ctx, hooks=hooks, input_source="quantized", **RECON)
     assert [s.quantizer for _, s in iter_sites(q)] == quantizers
     learned = q.blocks[0].attn.proj.input_site.quantizer.scale
     assert isinstance(learned, torch.nn.Parameter) and not learned.requires_grad
     assert not torch.equal(learned.detach(), scale)
     with torch.no_grad():
         assert torch.isfinite(q(ctx.images)).all()
+
+
+def test_nothing_to_train_skips_every_unit(tiny_vit):
+    logged = {}
+    ctx = context(tiny_vit, log=logged.update)
+    q = quantized(tiny_vit, ctx)
+    state = {k: v.clone() for k, v in q.state_dict().items() if torch.is_tensor(v)}
+    reconstruct_blocks(q, ctx, hooks=[ReconHook()], **RECON)
+    assert logged == {} and all(torch.equal(v, state[k]) for k, v in q.state_dict().items() if k in state)
+
+
+def test_hooks_are_called_in_order_around_the_loop(tiny_vit):
+    """The engine's contract with a hook: begin before caching, the context only around the loop,
+    inputs → extra_loss → after_step per step, end per unit, finish once; a constant schedule."""
+    calls = []
+
+    class Recorder(SteWeights):
+        def begin(self, name, unit):
+            calls.append(("begin", name))
+            return [{**g, "schedule": "constant"} for g in super().begin(name, unit)]
+
+        def optimising(self, unit, generator):
+            calls.append(("enter",))
+            return super().optimising(unit, generator)
+
+        def inputs(self, x, fp_x):
+            calls.append(("inputs", fp_x is None))
+            return x
+
+        def extra_loss(self, rec, step, iters):
+            calls.append(("loss", step, iters))
+            return rec * 0
+
+        def after_step(self, step, iters):
+            calls.append(("after", step))
+
+        def end(self, name, unit, data, ctx):
+            calls.append(("end", name))
+
+        def finish(self, ctx):
+            calls.append(("finish",))
+
+    ctx = context(tiny_vit)
+    q = quantized(tiny_vit, ctx)
+    reconstruct_blocks(q, ctx, hooks=[Recorder(1e-3)], input_source="quantized", **RECON)
+    per_unit = [("enter",), ("inputs", True), ("loss", 1, 2), ("after", 1), ("inputs", True), ("loss", 2, 2),
+                ("after", 2)]
+    units = ["patch_embed.proj", "blocks.0", "blocks.1", "head"]
+    assert calls == [c for n in units for c in [("begin", n), *per_unit, ("end", n)]] + [("finish",)]

@@ -109,3 +109,34 @@ def test_state_dict_round_trip_per_head():
 def test_rejects_bad_shifts():
     with pytest.raises(ValueError, match="shifts"):
         SULQuantizer(bits=4, shifts=[0.0, 0.1])
+
+
+def op_by_op(q: SULQuantizer, x: torch.Tensor) -> torch.Tensor:
+    """The quantizer as a plain autograd graph (``round_ste`` twice), the reference of the fused path."""
+    from vitquant.quant.ste import round_ste
+    shift, m, M = (q.expand(t, x) for t in (q.shift, q.log_min, q.log_max))
+    delta = ((M - m) / q.steps).clamp_min(1e-8)
+    code = torch.clamp(round_ste((torch.log2(x + shift) - m) / delta), 0, q.steps)
+    exponent = code * delta + m
+    return torch.pow(2.0, round_ste(exponent) if q.round_exponent else exponent) - shift
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "head"])
+@pytest.mark.parametrize("round_exponent", [True, False])
+def test_fused_ste_equals_the_graph_in_values_and_gradient(granularity, round_exponent):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 9, 9).softmax(-1)
+    q = SULQuantizer(4, granularity=granularity, round_exponent=round_exponent)
+    q.init_from(x)
+    x.requires_grad_(True)
+    g = torch.randn_like(x)
+    y = q(x)
+    assert type(y.grad_fn).__name__ == "SULQSTEBackward"
+    y.backward(g)
+    fused_grad, x.grad = x.grad.clone(), None
+    expected = op_by_op(q, x)
+    expected.backward(g)
+    assert torch.equal(y, expected) and torch.equal(fused_grad, x.grad)
+    assert fused_grad.abs().sum() > 0  # some codes lie strictly inside the grid
+    with torch.no_grad():  # the in-place evaluation path
+        assert torch.equal(q(x), expected)

@@ -27,3 +27,18 @@ def test_fast_paths_equal_the_graph(granularity, shape, symmetric):
         assert torch.equal(q(x), expected)
     q.make_learnable("scale")  # a learnable scale takes the op-by-op graph
     assert q(x).grad_fn is not None and torch.equal(q(x), expected)
+
+
+def test_fused_ste_with_a_fractional_zero_point_equals_the_graph():
+    # I&S-ViT's reparameterization leaves z̃ = mean(z) unrounded: z cannot be folded into the bounds
+    q = UniformQuantizer(3)
+    q.init_from(torch.randn(50) * 0.7)
+    q.zero_point.add_(0.37)
+    assert q.frozen_params() is None
+    x, g = torch.randn(6, 50, requires_grad=True), torch.randn(6, 50)
+    y = q(x)
+    y.backward(g)
+    fused_grad, x.grad = x.grad.clone(), None
+    expected = reference(q, x)
+    expected.backward(g)
+    assert torch.equal(y, expected) and torch.equal(fused_grad, x.grad)

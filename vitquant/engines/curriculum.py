@@ -8,7 +8,8 @@ fraction λ(t) of them, with the linear pacing function::
 
     λ(t) = min(1, λ0 + (1 − λ0) · t / (g · T))        (λ0 = 0.3, g = 0.5: all samples from T/2 on)
 
-Both samplers are iterators of index tensors, so ``reconstruct_blocks`` uses either unchanged.
+``RandomBatches`` and ``CurriculumBatches`` are the ``sampler`` of ``reconstruct_blocks``; their
+``batches`` give endless iterators of index tensors.
 """
 from __future__ import annotations
 
@@ -51,3 +52,27 @@ def curriculum_batches(losses: torch.Tensor, batch_size: int, iters: int, genera
         step += 1
         pool = min(n, max(batch_size, math.ceil(pacing(step, iters, start, grow) * n)))
         yield order[torch.randperm(pool, generator=generator)[:batch_size]]
+
+
+class RandomBatches:
+    """Each step draws ``batch_size`` cached samples uniformly (the default sampler)."""
+
+    def batches(self, n: int, batch_size: int, iters: int, generator: torch.Generator,
+                scores: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
+        return random_batches(n, batch_size, generator)
+
+
+class CurriculumBatches:
+    """Easy→hard batches with the linear pacing λ(t) (module docstring); ``enabled=False`` (an
+    ablation switch) draws uniformly instead."""
+
+    def __init__(self, start: float = 0.3, grow: float = 0.5, enabled: bool = True) -> None:
+        if not 0.0 < start <= 1.0:
+            raise UserError(f"curriculum start fraction {start} must be in (0, 1]")
+        self.start, self.grow, self.enabled = float(start), float(grow), bool(enabled)
+
+    def batches(self, n: int, batch_size: int, iters: int, generator: torch.Generator,
+                scores: Callable[[], torch.Tensor]) -> Iterator[torch.Tensor]:
+        if not self.enabled:
+            return random_batches(n, batch_size, generator)
+        return curriculum_batches(scores(), batch_size, iters, generator, self.start, self.grow)

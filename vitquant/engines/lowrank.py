@@ -1,6 +1,7 @@
 """AIQViT's architecture-informed low-rank compensation, trained by block reconstruction.
 
-``LowRankHook`` is a ``reconstruct_blocks`` hook (``hooks=[...]``). For each transformer
+``LowRankHook`` is a ``reconstruct_blocks`` hook (``hooks=[...]``; AIQViT lists no weight
+strategy, so the quantized weights stay frozen). For each transformer
 block it:
 
 1. attaches a compensation (``vitquant.nn.lowrank``) to the quantized linears named in ``layers``
@@ -139,7 +140,7 @@ class LowRankHook(ReconHook):
         """λ · Σ_layers E_p[r] / r_max (each layer's α sees its own cost)."""
         return self.rank_cost * torch.stack([c.expected_rank() / c.candidates[-1] for c in self.searching()]).sum()
 
-    def extra_loss(self, rec: torch.Tensor) -> torch.Tensor | None:
+    def extra_loss(self, rec: torch.Tensor, step: int, iters: int) -> torch.Tensor | None:
         self.rec = float(rec.detach())
         if self.estimator != "mixture" or not self.searching() or self.rank_cost == 0:
             return None

@@ -9,8 +9,13 @@ so the weights are tuned for a flatter neighbourhood of quantization noise. QDro
 quantized value with probability ``drop_prob`` (``where(rand < drop_prob, X_q, X)``, default 0.5);
 here ``p`` is the probability of the float value, which is the same thing at 0.5.
 
-The quantizers are wrapped only for the duration of a ``with quant_dropout(...)`` block and then
-put back, so the quantization sites and checkpoints never see the wrapper.
+With inputs from the quantized model, the unit input is likewise mixed element-wise from the
+FP-model and quantized-model inputs (QDrop ``input_prob``, same ``p``).
+
+``QDrop`` is the ``ReconHook`` (``engines.reconstruction``): the quantizers are wrapped only for the
+duration of the unit's optimisation loop and then put back, so the quantization sites and
+checkpoints never see the wrapper. One generator per unit (the engine's) draws both the input mix
+and the quantizers' choices, in that order within a step.
 """
 from __future__ import annotations
 
@@ -20,6 +25,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from vitquant.engines.reconstruction import ReconHook
+from vitquant.errors import UserError
 from vitquant.nn.site import iter_sites
 
 
@@ -52,3 +59,23 @@ def quant_dropout(unit: nn.Module, p: float, generator: torch.Generator) -> Iter
     finally:
         for site, quantizer in zip(sites, originals):
             site.quantizer = quantizer
+
+
+class QDrop(ReconHook):
+    """Drop activation quantization (and mix FP into quantized unit inputs) with probability ``prob``."""
+
+    def __init__(self, prob: float = 0.5) -> None:
+        if not 0.0 <= prob <= 1.0:
+            raise UserError(f"QDrop prob={prob} is not a probability")
+        self.prob = float(prob)
+        self.needs_fp_inputs = self.prob > 0
+        self.generator: torch.Generator | None = None
+
+    @contextmanager
+    def optimising(self, unit: nn.Module, generator: torch.Generator) -> Iterator[None]:
+        self.generator = generator
+        with quant_dropout(unit, self.prob, generator):
+            yield
+
+    def inputs(self, x: torch.Tensor, fp_x: torch.Tensor | None) -> torch.Tensor:
+        return x if fp_x is None or self.prob == 0 else mix(fp_x, x, self.prob, self.generator)

@@ -32,6 +32,7 @@ granularity asks for it), quantize with S = 2^b − 1 and the exponent treatment
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,9 +41,46 @@ import torch
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
 from vitquant.quant.stats import Observation, least_error
-from vitquant.quant.ste import round_ste
+from vitquant.quant.ste import needs_grad, round_ste
 
 DEFAULT_SHIFTS = (0.001, 0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.2, 0.5, 1.0)
+LN2 = math.log(2.0)
+
+
+def sulq_codes(x: torch.Tensor, shift: torch.Tensor, log_min: torch.Tensor, delta: torch.Tensor,
+               steps: int, round_exponent: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x + η, codes at or beyond 0 and S as a mask, 2^e) in place on one buffer: the op-by-op
+    forward t = log2(x + η); code = clamp(round((t − m)/Δ), 0, S); e = [round](code·Δ + m)."""
+    shifted = x + shift
+    code = torch.log2(shifted).sub_(log_min).div_(delta).round_()
+    outside = code.le(0).logical_or_(code.ge(steps))
+    exponent = code.clamp_(0, steps).mul_(delta).add_(log_min)
+    if round_exponent:
+        exponent.round_()
+    return shifted, outside, torch.pow(2.0, exponent, out=exponent)
+
+
+class SULQSTE(torch.autograd.Function):
+    """x̂ = 2^e − η with the values and the gradient of the op-by-op graph (``round_ste`` twice)::
+
+        ∂x̂/∂x = where(0 < code < S, g·(2^e·ln2)·Δ, 0) / Δ / ((x + η)·ln2)
+
+    — the products autograd forms through pow, the STE adds, mul, clamp (zero gradient at the bounds
+    themselves), div and log2, in that order. Saves x + η, 2^e and a boolean mask instead of a dozen
+    float intermediates (post-Softmax is the largest activation of a block)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, shift: torch.Tensor, log_min: torch.Tensor, delta: torch.Tensor,
+                steps: int, round_exponent: bool) -> torch.Tensor:
+        shifted, outside, power = sulq_codes(x, shift, log_min, delta, steps, round_exponent)
+        ctx.save_for_backward(shifted, outside, power, delta)
+        return power - shift
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        shifted, outside, power, delta = ctx.saved_tensors
+        g = power.mul(LN2).mul_(grad).mul_(delta).masked_fill_(outside, 0.0).div_(delta)
+        return g.div_(shifted * LN2), None, None, None, None, None
 
 
 class SULQuantizer(Quantizer):
@@ -69,13 +107,16 @@ class SULQuantizer(Quantizer):
 
     def fake_quant(self, x: torch.Tensor, shift: torch.Tensor, log_min: torch.Tensor,
                    log_max: torch.Tensor, steps: int) -> torch.Tensor:
-        """x̂ for broadcastable η, m, M on the grid Δ = (M − m)/S, codes 0..S."""
+        """x̂ for broadcastable η, m, M on the grid Δ = (M − m)/S, codes 0..S: in place without
+        autograd, through ``SULQSTE`` when only x needs a gradient, else the op-by-op graph."""
         delta = ((log_max - log_min) / steps).clamp_min(1e-8)
-        code = torch.clamp(round_ste((torch.log2(x + shift) - log_min) / delta), 0, steps)
-        exponent = code * delta + log_min
-        if self.round_exponent:
-            exponent = round_ste(exponent)
-        return torch.pow(2.0, exponent) - shift
+        if needs_grad(shift, log_min, log_max):  # learnable η, m or M: the op-by-op graph
+            code = torch.clamp(round_ste((torch.log2(x + shift) - log_min) / delta), 0, steps)
+            exponent = code * delta + log_min
+            return torch.pow(2.0, round_ste(exponent) if self.round_exponent else exponent) - shift
+        if needs_grad(x):
+            return SULQSTE.apply(x, shift, log_min, delta, steps, self.round_exponent)
+        return sulq_codes(x, shift, log_min, delta, steps, self.round_exponent)[2].sub_(shift)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return self.fake_quant(x, self.expand(self.shift, x), self.expand(self.log_min, x),

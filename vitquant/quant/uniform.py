@@ -31,24 +31,37 @@ from vitquant.quant.stats import Observation, least_error, quantile_rows
 from vitquant.quant.ste import needs_grad, round_ste
 
 INITS = ("minmax", "percentile", "mse")
+Tensorish = torch.Tensor | float
 
 
 class UniformSTE(torch.autograd.Function):
     """x̂ with the straight-through gradient, computed in place, with the values and the gradient of
     the op-by-op graph: ∂x̂/∂x = where(qmin < round(x/Δ) + z < qmax, g·Δ, 0)/Δ, the products autograd
-    forms through mul, clamp (zero gradient at the bounds themselves), the STE add and div. Stores one
-    boolean mask instead of the float intermediates (reconstruction trains weights through this)."""
+    forms through mul, clamp (zero gradient at the bounds themselves), the STE add and div.
+
+    ``zero=None`` means z is folded into the bounds (``lo = qmin − z``, ``hi = qmax − z``, exact for
+    integral z, see ``frozen_params``): two passes fewer. Δ, lo, hi may be Python floats (per-tensor).
+    Saves one boolean mask (the codes at or beyond a bound) instead of the float intermediates, and
+    the backward reuses one buffer: reconstruction trains weights through this on every step.
+    """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
-        codes = torch.div(x, scale).round_().add_(zero)
-        ctx.save_for_backward((codes > qmin) & (codes < qmax), scale)
-        return codes.clamp_(qmin, qmax).sub_(zero).mul_(scale)
+    def forward(ctx, x: torch.Tensor, scale: Tensorish, zero: torch.Tensor | None, lo: Tensorish,
+                hi: Tensorish) -> torch.Tensor:
+        codes = torch.div(x, scale).round_()
+        if zero is not None:
+            codes.add_(zero)
+        outside = codes.le(lo).logical_or_(codes.ge(hi))
+        ctx.scale = scale if isinstance(scale, float) else None
+        ctx.save_for_backward(outside, *(() if isinstance(scale, float) else (scale,)))
+        codes.clamp_(lo, hi)
+        return (codes if zero is None else codes.sub_(zero)).mul_(scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        inside, scale = ctx.saved_tensors
-        return torch.where(inside, grad * scale, 0.0) / scale, None, None, None, None
+        outside, *saved = ctx.saved_tensors
+        scale = saved[0] if saved else ctx.scale
+        return grad.mul(scale).div_(scale).masked_fill_(outside, 0.0), None, None, None, None
 
 
 class UniformQuantizer(Quantizer):
@@ -121,11 +134,15 @@ class UniformQuantizer(Quantizer):
         return self.derived("frozen_params", (self.scale, self.zero_point), (self.bits, self.symmetric), compute)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
+        """Frozen Δ and integral z (evaluation; reconstruction of weights or of what comes before an
+        activation): z folded into the clamp bounds, in place, or the fused STE when x needs a gradient."""
         scale, zero = self.expand(self.scale, x), self.expand(self.zero_point, x)
-        frozen = None if needs_grad(x, scale, zero) else self.frozen_params()
+        frozen = None if needs_grad(scale, zero) else self.frozen_params()
         if frozen is None:
             return self.fake_quant(x, scale, zero)
         step, lo, hi = (p if isinstance(p, float) else self.expand(p, x) for p in frozen)
+        if needs_grad(x):
+            return UniformSTE.apply(x, step, None, lo, hi)
         return torch.div(x, step).round_().clamp_(lo, hi).mul_(step)
 
     # ----------------------------------------------------------------- calibration
