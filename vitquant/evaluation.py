@@ -6,6 +6,7 @@ top), task options, device and logger come from the command line.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vitquant.config import bit_widths, check_data, evaluation_data, resolve_device, validate_evaluate
+from vitquant.errors import UserError
 from vitquant.io.atomic import write_json
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import load_quantized_state, read_quantized
 from vitquant.models.quantize import quantized_twin
 from vitquant.ptq import build_recipe, build_task, metric_keys
 from vitquant.runtime import timer
+from vitquant.tasks.fidelity import FIDELITY_KEYS
 
 log = logging.getLogger("vitquant")
 
@@ -30,6 +33,18 @@ def rebuild_quantized(run_cfg: DictConfig, state: dict, path: str, task) -> Any:
                             bit_widths(run_cfg), run_cfg.seed)
     load_quantized_state(qmodel, state, path)
     return qmodel
+
+
+def float_reference(cfg: DictConfig, run_cfg: DictConfig, task, device) -> Any:
+    """The float model the checkpoint was quantized from (its model config's weights), to measure the
+    fidelity metrics against; None with ``fidelity=false`` or for a task that does not compare models."""
+    if not cfg.fidelity or "reference" not in inspect.signature(task.evaluate).parameters:
+        return None
+    weights = run_cfg.model.get("checkpoint")
+    if weights and not Path(weights).is_file():
+        raise UserError(f"the float weights of this checkpoint (model.checkpoint={weights}) are not found, so the "
+                        "fidelity metrics cannot be measured; put them there or pass fidelity=false")
+    return task.build_model().to(device)
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
@@ -44,15 +59,23 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         check_data(OmegaConf.create({"data": data_cfg}))
         task = build_task(cfg.task, run_cfg.model, data_cfg)
         qmodel = rebuild_quantized(run_cfg, state, cfg.checkpoint, task).to(device)
+        reference = float_reference(cfg, run_cfg, task, device)
         with timer() as t:
-            metrics = task.evaluate(qmodel, device)
+            metrics = task.evaluate(qmodel, device, reference=reference) if reference is not None \
+                else task.evaluate(qmodel, device)
+        keys = metric_keys(task)
         out = {"task": cfg.task.name, "model": run_cfg.model.name, "method": run_cfg.method.name,
                "policy": run_cfg.policy.name, "w_bits": run_cfg.w_bits, "a_bits": run_cfg.a_bits,
-               **{k: metrics[k] for k in metric_keys(task)}, "n_eval_images": metrics["n_images"],
-               "eval_seconds": t["seconds"], "checkpoint": str(cfg.checkpoint), "n_calib": len(calib_ids)}
+               **{k: metrics[k] for k in keys}, **{k: metrics[k] for k in FIDELITY_KEYS if k in metrics},
+               **{f"fp_{k}": metrics[f"fp_{k}"] for k in keys if f"fp_{k}" in metrics},
+               "n_eval_images": metrics["n_images"],
+               "eval_seconds": t["seconds"] - metrics.get("reference_seconds", 0.0),
+               "checkpoint": str(cfg.checkpoint), "n_calib": len(calib_ids)}
+        if keys[0] != "top1":
+            out["primary_metric"] = keys[0]
         write_json(out_dir / "metrics.json", out)
         logger.summary(out)
-        log.info("%s: %s", cfg.checkpoint, ", ".join(f"{k} {out[k]:.2f}" for k in metric_keys(task)))
+        log.info("%s: %s", cfg.checkpoint, ", ".join(f"{k} {out[k]:.2f}" for k in (*keys, *FIDELITY_KEYS) if k in out))
         return out
     finally:
         logger.finish()

@@ -11,7 +11,8 @@ from vitquant.config import validate_evaluate
 def main(cfg: DictConfig) -> float:
     from vitquant.evaluation import run_evaluation
 
-    return run_evaluation(cfg)["top1"]
+    metrics = run_evaluation(cfg)
+    return metrics[metrics.get("primary_metric", "top1")]
 
 
 def run() -> None:
