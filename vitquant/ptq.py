@@ -43,7 +43,8 @@ def metric_keys(task) -> list[str]:
     return list(getattr(task, "metric_keys", ("top1", "top5")))
 
 
-def evaluate_with_reference(task, qmodel, fp_model, device, eval_fp: bool) -> tuple[dict[str, Any], float, float | None]:
+def evaluate_with_reference(task, qmodel, fp_model, device,
+                            eval_fp: bool) -> tuple[dict[str, Any], float, float | None]:
     """Evaluate the quantized model, and the float one in the same pass when the task compares them.
 
     Returns (metrics, quantized evaluation seconds, float evaluation seconds or None). A task that uses a
@@ -54,7 +55,8 @@ def evaluate_with_reference(task, qmodel, fp_model, device, eval_fp: bool) -> tu
     """
     takes_reference = "reference" in inspect.signature(task.evaluate).parameters
     with timer() as t:
-        metrics = task.evaluate(qmodel, device, reference=fp_model) if takes_reference else task.evaluate(qmodel, device)
+        metrics = (task.evaluate(qmodel, device, reference=fp_model) if takes_reference
+                   else task.evaluate(qmodel, device))
     if "reference_seconds" in metrics:
         if not eval_fp:
             metrics = {k: v for k, v in metrics.items() if not k.startswith("fp_")}
@@ -111,10 +113,12 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         metrics = {
             "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "policy": cfg.policy.name,
             "w_bits": bits.w, "a_bits": bits.a, "end_bits": bits.end_w, "end_a_bits": bits.end_a,
-            **{k: q_metrics[k] for k in keys}, **{f"fp_{k}": q_metrics.get(f"fp_{k}") for k in keys},
+            **{k: q_metrics[k] for k in keys},
+            **{f"fp_{k}": q_metrics.get(f"fp_{k}") for k in keys if k not in FIDELITY_KEYS},
             **{k: q_metrics[k] for k in FIDELITY_KEYS if k in q_metrics},
             "n_eval_images": q_metrics["n_images"],
-            "n_calib": recipe.n_calib, "calib_seconds": calib["seconds"], "eval_seconds": eval_seconds,
+            "n_calib": recipe.n_calib, "calib_seconds": calib["seconds"],
+            "calib_cpu_seconds": calib["cpu_seconds"], "eval_seconds": eval_seconds,
             "fp_eval_seconds": fp_eval_seconds, "peak_memory_mb": peak_memory_mb(device),
             "seed": cfg.seed, "device": str(device), **ctx.metrics,
         }
@@ -127,7 +131,7 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
         logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         logger.summary(metrics)
         log.info("%s %s W%dA%d: %s %.2f (FP %s), %s, calibration %.1fs -> %s", cfg.model.name, cfg.method.name,
-                 bits.w, bits.a, keys[0], metrics[keys[0]], metrics[f"fp_{keys[0]}"], fidelity_summary(metrics),
+                 bits.w, bits.a, keys[0], metrics[keys[0]], metrics.get(f"fp_{keys[0]}"), fidelity_summary(metrics),
                  metrics["calib_seconds"], out_dir)
         return metrics
     finally:
