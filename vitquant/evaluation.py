@@ -41,6 +41,10 @@ def float_reference(cfg: DictConfig, run_cfg: DictConfig, task, device) -> Any:
     if not cfg.fidelity or "reference" not in inspect.signature(task.evaluate).parameters:
         return None
     weights = run_cfg.model.get("checkpoint")
+    if not weights and not run_cfg.model.get("pretrained"):
+        log.warning("the checkpoint's model config names no float weights (random initialisation): "
+                    "no fidelity metrics")
+        return None
     if weights and not Path(weights).is_file():
         raise UserError(f"the float weights of this checkpoint (model.checkpoint={weights}) are not found, so the "
                         "fidelity metrics cannot be measured; put them there or pass fidelity=false")
