@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 
-.PHONY: setup setup-mm demo test test-cluster test-wheel test-all bench bench-speed bench-qat reference lint clean report
+.PHONY: setup setup-mm demo test test-cluster test-wheel test-all bench bench-speed bench-qat bench-imagenet reference lint clean report
 
 setup: $(VENV)/.installed
 
@@ -50,6 +50,9 @@ bench-speed: setup  ## FP32 PyTorch / FP32 ORT / INT8 ORT latency, throughput, s
 
 bench-qat: setup  ## QAT benchmark (LSQ vs VVTQ + ablations, CIFAR ViT, W2A2/W3A3) -> bench/results/qat.{json,md}
 	$(BIN)/python -m bench.qat $(BENCH_ARGS)
+
+bench-imagenet: setup  ## PTQ on the real ImageNet ViT-Ti, label-free (agree_top1, KL) on COCO128 objects -> bench/results/imagenet.*
+	$(BIN)/python -m bench.imagenet $(BENCH_ARGS)
 
 report: setup  ## table + plots of a sweep: make report SWEEP="multirun/<time> [more dirs]" [REPORT_ARGS=--metric=top1]
 	@test -n "$(SWEEP)" || { echo "error: give SWEEP=<sweep or run folders>"; exit 2; }

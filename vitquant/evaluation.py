@@ -14,6 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from vitquant.config import bit_widths, evaluation_data, evaluation_task, resolve_device, validate_evaluate
+from vitquant.errors import UserError
 from vitquant.io.atomic import write_json
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import load_quantized_state, read_quantized
@@ -21,6 +22,7 @@ from vitquant.models.quantize import quantized_twin
 from vitquant.ptq import build_recipe
 from vitquant.runtime import timer
 from vitquant.tasks.base import build_task
+from vitquant.tasks.fidelity import FIDELITY_KEYS
 
 log = logging.getLogger("vitquant")
 
@@ -32,6 +34,22 @@ def rebuild_quantized(run_cfg: DictConfig, state: dict, path: str, task) -> Any:
                             bit_widths(run_cfg), run_cfg.seed)
     load_quantized_state(qmodel, state, path)
     return qmodel
+
+
+def float_reference(cfg: DictConfig, run_cfg: DictConfig, task, device) -> Any:
+    """The float model the checkpoint was quantized from (its model config's weights), to measure the
+    fidelity metrics against; None with ``fidelity=false`` or for a task that does not compare models."""
+    if not cfg.fidelity or not task.compares_to_reference:
+        return None
+    weights = run_cfg.model.get("checkpoint")
+    if not weights and not run_cfg.model.get("pretrained"):
+        log.warning("the checkpoint's model config names no float weights (random initialisation): "
+                    "no fidelity metrics")
+        return None
+    if weights and not Path(weights).is_file():
+        raise UserError(f"the float weights of this checkpoint (model.checkpoint={weights}) are not found, so the "
+                        "fidelity metrics cannot be measured; put them there or pass fidelity=false")
+    return task.build_model().to(device)
 
 
 def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
@@ -46,16 +64,21 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
         task_cfg = evaluation_task(cfg, run_cfg.task)
         task = build_task(task_cfg, run_cfg.model, evaluation_data(cfg, run_cfg.data))
         qmodel = rebuild_quantized(run_cfg, state, cfg.checkpoint, task).to(device)
+        reference = float_reference(cfg, run_cfg, task, device)
         with timer() as t:
-            metrics = task.evaluate(qmodel, device)
+            metrics = task.evaluate(qmodel, device, reference=reference) if reference is not None \
+                else task.evaluate(qmodel, device)
+        keys = list(task.metric_keys)
         out = {"task": task_cfg.name, "model": run_cfg.model.name, "method": run_cfg.method.name,
                "policy": run_cfg.policy.name, "w_bits": run_cfg.w_bits, "a_bits": run_cfg.a_bits,
-               **{k: metrics[k] for k in task.metric_keys}, "primary_metric": task.primary_metric,
-               "n_eval_images": metrics["n_images"], "eval_seconds": t["seconds"], "checkpoint": str(cfg.checkpoint),
-               "n_calib": len(calib_ids)}
+               **{k: metrics[k] for k in keys}, **{k: metrics[k] for k in FIDELITY_KEYS if k in metrics},
+               **{f"fp_{k}": metrics[f"fp_{k}"] for k in keys if f"fp_{k}" in metrics},
+               "n_eval_images": metrics["n_images"],
+               "eval_seconds": t["seconds"] - metrics.get("reference_seconds", 0.0),
+               "checkpoint": str(cfg.checkpoint), "n_calib": len(calib_ids), "primary_metric": task.primary_metric}
         write_json(out_dir / "metrics.json", out)
         logger.summary(out)
-        log.info("%s: %s", cfg.checkpoint, ", ".join(f"{k} {out[k]:.2f}" for k in task.metric_keys))
+        log.info("%s: %s", cfg.checkpoint, ", ".join(f"{k} {out[k]:.2f}" for k in (*keys, *FIDELITY_KEYS) if k in out))
         return out
     finally:
         logger.finish()

@@ -4,8 +4,9 @@ Reads every job of one or more Hydra multirun folders (or single run folders, or
 ``--wandb ENTITY/PROJECT``) and writes, next to the sweep (or in ``--out``), and prints:
 
 - ``report.md`` / ``report.csv``: rows model × bits (an FP row on top of each model), columns methods, cells the
-  mean ± std over seeds of ``--metric`` (``top1`` by default; any key of ``metrics.json`` such as ``bbox_mAP`` or
-  ``mIoU``), the best method of each row in bold;
+  mean ± std over seeds of ``--metric`` (``top1`` by default; any key of ``metrics.json`` such as ``bbox_mAP``,
+  ``mIoU`` or the label-free ``agree_top1``, ``kl``, ``logit_sqnr_db``), the best method of each row in bold (the
+  lowest ``kl``);
 - ``<metric>_vs_bits.png`` (one panel per model, one line per method, the FP value dashed) and
   ``drop_vs_calib_time.png`` (FP − quantized against calibration seconds, each method × model × bits a point);
 - the jobs that failed or never ran. A sweep's expected jobs are expanded from its ``multirun.yaml`` with
@@ -32,6 +33,10 @@ from vitquant.launch.cells import last_error_line, read_failures, read_texts, sw
 if TYPE_CHECKING:
     import pandas as pd
 
+# Fidelity metrics (vitquant.tasks.fidelity) compare a model with its float self: the float model's own value is
+# known without a run (it agrees with itself on every image), and for a divergence the smaller value is better.
+FP_VALUE = {"agree_top1": 100.0}
+LOWER_IS_BETTER = ("kl",)
 FP = "FP"
 
 
@@ -167,13 +172,19 @@ def frame(jobs: list[Job], metric: str) -> pd.DataFrame:
         rows.append({"model": m.get("model"), "policy": m.get("policy"), "method": m.get("method"),
                      "bits": bits_label(m), "w_bits": m.get("w_bits"), "a_bits": m.get("a_bits"),
                      "seed": m.get("seed"), "value": float(m[metric]),
-                     "fp": None if m.get(f"fp_{metric}") is None else float(m[f"fp_{metric}"]),
+                     "fp": fp_value(m, metric),
                      "calib_seconds": m.get("calib_seconds")})
     df = pd.DataFrame(rows, columns=["model", "policy", "method", "bits", "w_bits", "a_bits", "seed", "value",
                                      "fp", "calib_seconds"])
     if df["policy"].nunique() > 1:  # compare methods only under one policy: keep them apart
         df["method"] = df["method"] + "/" + df["policy"].astype(str)
     return df
+
+
+def fp_value(m: dict[str, Any], metric: str) -> float | None:
+    """The float model's value of ``metric``: ``fp_<metric>`` of the run, else the known one of a fidelity metric."""
+    value = m.get(f"fp_{metric}", FP_VALUE.get(metric))
+    return None if value is None else float(value)
 
 
 def cell(mean: float, std: float, n: int, digits: int) -> str:
@@ -191,8 +202,9 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     return stats
 
 
-def tables(stats: pd.DataFrame, digits: int = 2) -> tuple[str, pd.DataFrame]:
-    """(markdown, wide numeric frame): rows model × bits with an FP row on top, columns methods."""
+def tables(stats: pd.DataFrame, digits: int = 2, lower_is_better: bool = False) -> tuple[str, pd.DataFrame]:
+    """(markdown, wide numeric frame): rows model × bits with an FP row on top, columns methods; the best
+    method (highest mean, or lowest with ``lower_is_better``) in bold."""
     pd = require("pandas", "report")
     methods = list(dict.fromkeys(stats["method"]))
     header = ["model", "bits", *methods]
@@ -207,7 +219,7 @@ def tables(stats: pd.DataFrame, digits: int = 2) -> tuple[str, pd.DataFrame]:
         order = by_model.sort_values(["w_bits", "a_bits"], ascending=False)
         for bits, row in order.groupby("bits", sort=False):
             by_method = row.set_index("method")
-            best = by_method["mean"].max()
+            best = by_method["mean"].min() if lower_is_better else by_method["mean"].max()
             cells = []
             for m in methods:
                 if m not in by_method.index:
@@ -300,7 +312,7 @@ def report(jobs: list[Job], out: Path, metric: str = "top1", title: str = "") ->
              f"`{metric}`: mean ± std over seeds (n per cell in report.csv); best method per row in bold.", ""]
     if len(df):
         stats = summarize(df)
-        markdown, wide = tables(stats)
+        markdown, wide = tables(stats, lower_is_better=metric in LOWER_IS_BETTER)
         write_text(out / "report.csv", wide.to_csv(index=False, float_format="%.4g"))
         figures = plot(stats, metric, out)
         parts += [markdown, "", *[f"![{p.stem}]({p.name})" for p in figures], ""]
@@ -317,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", help="sweep folders (with multirun.yaml) or run folders")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs of a W&B project instead")
     parser.add_argument("--group", help="with --wandb: only this group (one sweep)")
-    parser.add_argument("--metric", default="top1", help="metrics.json key to tabulate (top1, bbox_mAP, mIoU...)")
+    parser.add_argument("--metric", default="top1", help="metrics.json key to tabulate (top1, bbox_mAP, "
+                        "mIoU..., or the label-free agree_top1, kl, logit_sqnr_db)")
     parser.add_argument("--out", help="output folder (default: the sweep folder when one is given, else ./report)")
     parser.add_argument("--title", default="")
     args = parser.parse_args(argv)

@@ -52,12 +52,14 @@ def peak_memory(device: torch.device) -> dict[str, float]:
 
 @contextmanager
 def timer() -> Iterator[dict[str, float]]:
-    """``with timer() as t: ...`` then ``t['seconds']`` (CUDA synchronised)."""
+    """``with timer() as t: ...`` then ``t['seconds']`` (wall, CUDA synchronised) and ``t['cpu_seconds']`` (this
+    process's CPU time: comparable across runs on a busy shared machine, where wall time is not)."""
     out: dict[str, float] = {}
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         yield out
     finally:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         out["seconds"] = time.perf_counter() - start
+        out["cpu_seconds"] = time.process_time() - cpu_start

@@ -5,6 +5,9 @@
 - ``torchvision_cifar10``: ``torchvision.datasets.CIFAR10`` (the original binary release) under
   ``root``, downloaded when missing and online; splits ``train`` and ``test``.
 - ``digits``: the embedded demo set (:mod:`vitquant.data.digits`); ``root`` is unused.
+- ``images``: unlabeled images, every image file under ``root/<split>/`` (any depth, sorted paths), no class
+  folders (:mod:`vitquant.data.unlabeled`). Items carry the label ``-1``; classification reports only the
+  label-free fidelity metrics on them (:mod:`vitquant.tasks.fidelity`).
 
 Every item is ``(transform(PIL RGB image), class index)``; every dataset has ``targets``.
 """
@@ -18,9 +21,16 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, ImageFolder
 
 from vitquant.data.digits import DigitsDataset
+from vitquant.data.unlabeled import UnlabeledImages
 from vitquant.errors import UserError
 
-FORMATS = ("folder", "torchvision_cifar10", "digits")
+FORMATS = ("folder", "torchvision_cifar10", "digits", "images")
+UNLABELED_FORMATS = ("images",)
+
+
+def has_labels(data_cfg: Mapping[str, Any]) -> bool:
+    """Whether the data config's items carry class labels (``images`` folders do not)."""
+    return data_cfg["format"] not in UNLABELED_FORMATS
 
 
 def _root(data_cfg: Mapping[str, Any]) -> Path:
@@ -57,4 +67,6 @@ def build_dataset(data_cfg: Mapping[str, Any], split: str, transform: Callable |
         return _cifar10(data_cfg, split, transform)
     if fmt == "digits":
         return DigitsDataset(split, transform)
+    if fmt == "images":
+        return UnlabeledImages(_root(data_cfg) / split, transform)
     raise UserError(f"data.format={fmt} is not supported; valid: {', '.join(FORMATS)}")

@@ -35,12 +35,15 @@ BOOKKEEPING_KEYS = ("_target_", "name")  # task config keys that are not constru
 class Task(ABC):
     """Model + data + evaluation of one benchmark.
 
-    Class attributes: ``can_train`` (``train.py`` can fine-tune its models with QAT). Instance
+    Class attributes: ``can_train`` (``train.py`` can fine-tune its models with QAT) and
+    ``compares_to_reference`` (``evaluate`` measures label-free fidelity against a float ``reference``,
+    so evaluating a checkpoint builds the float model too). Instance
     attributes (set by ``__init__`` or as class attributes): ``metric_keys`` — the quality metrics
     ``evaluate`` returns, primary first — and ``primary_metric`` (= ``metric_keys[0]``).
     """
 
     can_train: ClassVar[bool] = False
+    compares_to_reference: ClassVar[bool] = False
     metric_keys: tuple[str, ...]
     primary_metric: str
 

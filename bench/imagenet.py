@@ -1,0 +1,206 @@
+"""PTQ benchmark on a real ImageNet ViT (ViT-Ti/16 AugReg, ``model=vit_tiny_in1k``), label-free.
+
+There are no ImageNet images here, so quality is fidelity to the float model on natural images: COCO128's
+objects cut out by their boxes (``data=coco128_objects``, built by :mod:`bench.imageset` when missing),
+calibration on ``calib/`` and evaluation on ``eval/`` (disjoint photos). Each cell is one ``calibrate.py``
+process; its row holds the ``metrics.json`` keys: ``agree_top1`` (top-1 agreement with the float model, %),
+``kl`` (mean KL(FP ‖ quantized), nats), ``logit_sqnr_db`` and ``calib_cpu_seconds`` (the child's own CPU
+time of calibration, one torch thread).
+
+The grid (``CELLS``): every PTQ method at W4A4 and W6A6 (each under its own policy: fqvit and tsptq are fully
+quantized), W3A3 for repqvit, qdrop, isvit and aiqvit, and the fully quantized policy (``full``) at W8A8 and
+W4A4 for fqvit, ptq4vit and tsptq; seeds 0, 1, 2 (the calibration draw is random for every method).
+``n_calib`` is capped at the calibration part's size; the reconstruction methods run at the reduced CPU
+budget of ``bench/plan.py`` (200 iterations per block and stage) unless ``--full``. Nothing is tuned to this
+model: every method runs with its own config.
+
+Cells are resumable: a cell whose row is already in ``bench/results/imagenet.json`` is skipped, so the slow
+cells can be run later (``--methods isvit aiqvit``) and rows accumulate. ``imagenet.md`` is rewritten after
+each cell, with the papers' W4A4 orderings checked against whatever rows exist.
+
+    python -m bench.imagenet                                  # every cell not yet in the JSON
+    python -m bench.imagenet --methods minmax percentile --bits 4 --seeds 0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.imageset import DEFAULT_OUT, SHARED, generate
+from bench.plan import CPU_RECON
+from vitquant.io.atomic import write_json, write_text
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+MODEL = "vit_tiny_in1k"
+WEIGHTS = SHARED / "models" / "vit_tiny_augreg_in1k.safetensors"
+ROW_KEY = ("method", "policy", "w_bits", "a_bits", "seed", "budget")
+SEEDS = (0, 1, 2)
+RECONSTRUCTION = ("qdrop", "isvit", "aiqvit")
+METHODS = ("minmax", "percentile", "mse", "repqvit", "ptq4vit", "fqvit", "tsptq", "qdrop", "isvit", "aiqvit")
+OWN_POLICY = {"fqvit": "full", "tsptq": "full"}  # their configs switch to the fully quantized policy
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    bits: int
+    policy: str
+    seed: int
+
+
+def grid(methods: list[str], bits: list[int] | None, seeds: list[int]) -> list[Cell]:
+    """The benchmark's cells (see the module docstring), cheapest methods and highest bits first."""
+    out: list[Cell] = []
+    for method in methods:
+        plan = [(b, OWN_POLICY.get(method, "default")) for b in (6, 4)]
+        if method in ("repqvit", *RECONSTRUCTION):
+            plan.append((3, "default"))
+        if method in ("fqvit", "ptq4vit", "tsptq"):
+            plan += [(b, "full") for b in (8, 4)]
+        out += [Cell(method, b, p, s) for b, p in dict.fromkeys(plan) if not bits or b in bits for s in seeds]
+    return out
+
+
+def budget(method: str, full: bool) -> str:
+    return "cpu" if method in RECONSTRUCTION and not full else "official"
+
+
+def key(row: dict) -> tuple:
+    return tuple(row.get(k) for k in ROW_KEY)
+
+
+def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, max_eval: int | None) -> dict:
+    """One ``calibrate.py`` process; its ``metrics.json`` plus the cell's bookkeeping."""
+    from hydra import compose, initialize_config_dir
+
+    from vitquant.cli import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        own = compose("calibrate", overrides=[f"method={cell.method}"]).method.n_calib
+    recon = [o for o in CPU_RECON if not o.startswith("method.n_calib")] if budget(cell.method, full) == "cpu" else []
+    out = Path(tempfile.mkdtemp(dir=work))
+    cmd = [sys.executable, str(REPO / "calibrate.py"), f"method={cell.method}", f"model={MODEL}",
+           f"model.checkpoint={WEIGHTS}", "data=coco128_objects", f"data.root={imageset}", f"bits={cell.bits}",
+           f"seed={cell.seed}", f"policy={cell.policy}", f"method.n_calib={min(own, n_calib)}", "eval_fp=true",
+           "task.num_workers=0", "task.batch_size=50", "logger=none", f"hydra.run.dir={out}", *recon,
+           *([f"task.max_eval_images={max_eval}"] if max_eval else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    row = json.loads((out / "metrics.json").read_text())
+    row.update(budget=budget(cell.method, full), method_n_calib=own)
+    return row
+
+
+def mean_std(values: list[float], digits: int) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
+
+
+def groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault((r["policy"], r["method"], r["w_bits"], r["a_bits"], r["budget"]), []).append(r)
+    return out
+
+
+def mean_agree(rows: list[dict], method: str, bits: int, policy: str) -> float | None:
+    values = [r["agree_top1"] for r in rows
+              if (r["method"], r["w_bits"], r["policy"]) == (method, bits, policy)]
+    return statistics.mean(values) if values else None
+
+
+# The papers' orderings (ImageNet top-1 at W4A4), checked here on agree_top1: (left, relation, right, policy).
+CLAIMS = [("isvit", ">", "repqvit", "default"), ("repqvit", ">", "ptq4vit", "default"),
+          ("ptq4vit", ">", "percentile", "default"), ("aiqvit", ">=", "isvit", "default"),
+          ("tsptq", ">=", "ptq4vit", "full")]
+
+
+def claims_markdown(rows: list[dict]) -> list[str]:
+    lines = ["| claim (papers, ImageNet top-1, W4A4) | here (agree_top1, mean over seeds) | holds? |", "|---|---|---|"]
+    for left, rel, right, policy in CLAIMS:
+        a, b = mean_agree(rows, left, 4, policy), mean_agree(rows, right, 4, policy)
+        if a is None or b is None:
+            lines.append(f"| {left} {rel} {right} ({policy}) | not measured yet | — |")
+            continue
+        holds = a > b if rel == ">" else a >= b - 1.0  # ≥: equal within a point counts
+        lines.append(f"| {left} {rel} {right} ({policy}) | {a:.1f} vs {b:.1f} | {'yes' if holds else 'no'} |")
+    for method in ("fqvit", "ptq4vit", "tsptq"):
+        a = mean_agree(rows, method, 8, "full")
+        text = "not measured yet" if a is None else f"{a:.1f}% agreement"
+        lines.append(f"| {method} full W8A8 within ~1 point of FP | {text} | "
+                     f"{'—' if a is None else 'yes' if a >= 99.0 else 'no'} |")
+    return lines
+
+
+def write_markdown(rows: list[dict], path: Path) -> str:
+    n_eval = sorted({r["n_eval_images"] for r in rows})
+    lines = ["# PTQ on a real ImageNet ViT (ViT-Ti/16 AugReg in21k→in1k), label-free", "",
+             f"Evaluation: {', '.join(map(str, n_eval))} COCO128 object crops (`data=coco128_objects`, eval part); "
+             "calibration on the disjoint calib part. `agree_top1`: % of images where the quantized model predicts "
+             "the float model's class; `KL`: mean KL(FP ‖ quantized) of the softmax (nats); `SQNR`: logit SQNR (dB); "
+             "`calib CPU s`: the calibration's own CPU seconds (one thread). Mean ± std over seeds. "
+             "Budget `cpu`: 200 iterations per block and stage (bench/plan.py), `official`: the method's config.", "",
+             "| policy | method | W/A | budget | n_calib | seeds | agree_top1 % | KL | SQNR dB | calib CPU s |",
+             "|" + "---|" * 10]
+    for (policy, method, w, a, bud), g in sorted(groups(rows).items(), key=lambda kv: (kv[0][0], -kv[0][2],
+                                                                                          METHODS.index(kv[0][1]))):
+        lines.append(f"| {policy} | {method} | W{w}A{a} | {bud} | {g[0]['n_calib']} | {len(g)} "
+                     f"| {mean_std([r['agree_top1'] for r in g], 1)} | {mean_std([r['kl'] for r in g], 3)} "
+                     f"| {mean_std([r['logit_sqnr_db'] for r in g], 1)} "
+                     f"| {mean_std([r['calib_cpu_seconds'] for r in g], 0)} |")
+    lines += ["", "## The papers' W4A4 orderings on this model", "", *claims_markdown(rows), ""]
+    text = "\n".join(lines)
+    write_text(path, text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    ap.add_argument("--bits", nargs="+", type=int, default=None, help="only these bits (default: the grid's)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    ap.add_argument("--full", action="store_true", help="official reconstruction budgets (GPU)")
+    ap.add_argument("--max-eval-images", type=int, default=None, help="evenly spaced subset of the eval part")
+    ap.add_argument("--imageset", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    if not WEIGHTS.is_file():
+        sys.exit(f"error: {WEIGHTS} not found; set VITQUANT_SHARED to the folder holding models/")
+    manifest = generate(SHARED / "data" / "coco128", args.imageset)
+    n_calib = manifest["images"]["calib"]
+    json_path = args.out / "imagenet.json"
+    rows = json.loads(json_path.read_text()) if json_path.exists() else []
+    done = {key(r) for r in rows}
+    todo = [c for c in grid(args.methods, args.bits, args.seeds)
+            if (c.method, c.policy, c.bits, c.bits, c.seed, budget(c.method, args.full)) not in done]
+    print(f"{len(todo)} cells to run ({len(done)} rows already in {json_path})", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for cell in todo:
+            try:
+                row = run_cell(cell, args.imageset, n_calib, args.full, Path(tmp), args.max_eval_images)
+            except RuntimeError as e:
+                print(f"FAILED {cell}: {str(e)[-600:]}", flush=True)
+                continue
+            rows.append(row)
+            write_json(json_path, sorted(rows, key=key))
+            write_markdown(rows, args.out / "imagenet.md")
+            print(f"{cell.method:10s} {cell.policy:7s} W{cell.bits}A{cell.bits} s{cell.seed}: agree "
+                  f"{row['agree_top1']:.1f}% KL {row['kl']:.3f} SQNR {row['logit_sqnr_db']:.1f} dB, calib "
+                  f"{row['calib_cpu_seconds']:.0f} CPU s", flush=True)
+    if rows:
+        print(write_markdown(rows, args.out / "imagenet.md"))
+
+
+if __name__ == "__main__":
+    main()

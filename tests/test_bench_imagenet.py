@@ -1,0 +1,51 @@
+"""bench.imagenet: the grid the issue asks for, resumable rows, and the table with the papers' orderings."""
+from __future__ import annotations
+
+import json
+
+from bench.imagenet import METHODS, Cell, grid, key, main, write_markdown
+
+
+def test_grid_has_every_method_at_w4_w6_and_the_extra_cells():
+    cells = grid(list(METHODS), None, [0, 1, 2])
+    by = {(c.method, c.bits, c.policy) for c in cells}
+    own = {"fqvit": "full", "tsptq": "full"}
+    assert all((m, b, own.get(m, "default")) in by for m in METHODS for b in (4, 6))
+    assert {m for m, b, _ in by if b == 3} == {"repqvit", "qdrop", "isvit", "aiqvit"}
+    assert {(m, b) for m, b, p in by if p == "full" and b in (4, 8)} == \
+        {(m, b) for m in ("fqvit", "ptq4vit", "tsptq") for b in (4, 8)}
+    assert len(cells) == 3 * len(by) and Cell("isvit", 3, "default", 2) in cells
+    assert grid(["repqvit"], [4], [0]) == [Cell("repqvit", 4, "default", 0)]
+
+
+def row(method: str, bits: int, agree: float, seed: int = 0, policy: str = "default") -> dict:
+    return {"method": method, "policy": policy, "w_bits": bits, "a_bits": bits, "seed": seed, "budget": "official",
+            "agree_top1": agree, "kl": 1.0, "logit_sqnr_db": 5.0, "calib_cpu_seconds": 10.0, "n_calib": 32,
+            "n_eval_images": 301}
+
+
+def test_table_aggregates_seeds_and_checks_the_orderings(tmp_path):
+    rows = [row("repqvit", 4, 30.0), row("repqvit", 4, 34.0, seed=1), row("percentile", 4, 2.0),
+            row("ptq4vit", 4, 10.0), row("fqvit", 8, 99.5, policy="full")]
+    text = write_markdown(rows, tmp_path / "imagenet.md")
+    assert "| default | repqvit | W4A4 | official | 32 | 2 | 32.0 ± 2.8 |" in text
+    assert "| repqvit > ptq4vit (default) | 32.0 vs 10.0 | yes |" in text
+    assert "| isvit > repqvit (default) | not measured yet | — |" in text
+    assert "| fqvit full W8A8 within ~1 point of FP | 99.5% agreement | yes |" in text
+    assert key(rows[0]) != key(rows[1])
+
+
+def test_cells_already_in_the_json_are_skipped(tmp_path, monkeypatch, capsys):
+    import bench.imagenet as bench
+
+    monkeypatch.setattr(bench, "generate", lambda *a, **k: {"images": {"calib": 112, "eval": 301}})
+    monkeypatch.setattr(bench, "WEIGHTS", tmp_path / "w.safetensors")
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    (tmp_path / "imagenet.json").write_text(json.dumps([row("minmax", 4, 1.0)]))
+    ran = []
+    monkeypatch.setattr(bench, "run_cell", lambda cell, *a: ran.append(cell) or row(cell.method, cell.bits, 5.0,
+                                                                                      cell.seed))
+    main(["--methods", "minmax", "--seeds", "0", "--out", str(tmp_path)])
+    assert ran == [Cell("minmax", 6, "default", 0)]
+    assert len(json.loads((tmp_path / "imagenet.json").read_text())) == 2
+    assert "1 rows already" in capsys.readouterr().out
