@@ -207,7 +207,7 @@ def child_whole(args) -> dict:
         for batch, _ in DataLoader(task.eval_dataset(), batch_size=50):
             agree += int((qmodel(batch).argmax(-1) == fp(batch).argmax(-1)).sum())
             n += len(batch)
-    state = {k: v for k, v in qmodel.state_dict().items() if v.is_floating_point()}
+    state = {k: v for k, v in qmodel.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
     checksum = float(sum(v.double().sum() for v in state.values()))
     return {"images": args.images, "iters": args.iters, "calib_cpu_s": calib_cpu, "peak_rss_mb": peak,
             "rss_before_calib_mb": rss_before, "agree_top1": 100.0 * agree / n, "n_eval": n,
