@@ -207,7 +207,7 @@ def child_whole(args) -> dict:
         for batch, _ in DataLoader(task.eval_dataset(), batch_size=50):
             agree += int((qmodel(batch).argmax(-1) == fp(batch).argmax(-1)).sum())
             n += len(batch)
-    state = {k: v for k, v in qmodel.state_dict().items() if v.is_floating_point()}
+    state = {k: v for k, v in qmodel.state_dict().items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
     checksum = float(sum(v.double().sum() for v in state.values()))
     return {"images": args.images, "iters": args.iters, "calib_cpu_s": calib_cpu, "peak_rss_mb": peak,
             "rss_before_calib_mb": rss_before, "agree_top1": 100.0 * agree / n, "n_eval": n,
@@ -343,6 +343,14 @@ def markdown(res: dict) -> str:
                   "time + the further iterations at the engine's measured cost per block iteration, 12 blocks × "
                   "2 stages; patch-embed and head iterations left out): " + ", ".join(
                       f"{tree} {sec / 60:.1f}" for tree, sec in res["whole_estimate"].items())]
+    if res["iteration"]:
+        floor = 2 * 12 * res["target_iters"] * statistics.mean(
+            it[stage]["float_s"] for it in res["iteration"].values() for stage in ("stage1", "stage3"))
+        lines += ["", "Notes: *quantized fwd+bwd* is the quantized block's own forward and backward (no engine, no "
+                  "heap setting); *engine s/iteration* is one `reconstruct_blocks` iteration (sampling, forward, "
+                  "backward, Adam, schedule). The float forward and backward alone of 12 blocks × 2 stages × "
+                  f"{res['target_iters']} iterations at batch {res['batch']} cost {floor / 60:.1f} CPU minutes here: "
+                  "the floor of any reconstruction at the recipe's batch size on this CPU."]
     return "\n".join(lines) + "\n"
 
 
