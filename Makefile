@@ -54,7 +54,7 @@ bench-qat: setup  ## QAT benchmark (LSQ vs VVTQ + ablations, CIFAR ViT, W2A2/W3A
 bench-imagenet: setup  ## PTQ on the real ImageNet ViT-Ti, label-free (agree_top1, KL) on COCO128 objects -> bench/results/imagenet.*
 	$(BIN)/python -m bench.imagenet $(BENCH_ARGS)
 
-report: setup  ## table + plots of a sweep: make report SWEEP="multirun/<time> [more dirs]" [REPORT_ARGS=--metric=top1]
+report: setup  ## table + plots of a sweep: make report SWEEP="multirun/calibrate/<sweep> [more dirs]" [REPORT_ARGS=--metric=top1]
 	@test -n "$(SWEEP)" || { echo "error: give SWEEP=<sweep or run folders>"; exit 2; }
 	$(BIN)/python -m vitquant.report $(SWEEP) $(REPORT_ARGS)
 
