@@ -16,7 +16,7 @@ from vitquant.diagnostics import block_of, site_errors, sqnr_db
 from vitquant.engines.context import CalibContext
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import quantized_sites
-from vitquant.ptq import run_calibration
+from vitquant.pipelines.calibrate import run_calibration
 
 
 def calibrated(fp: torch.nn.Module, *overrides: str) -> torch.nn.Module:
