@@ -13,8 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from vitquant.analysis.diagnostics import write_site_diagnostics
 from vitquant.config import bit_widths, resolve_device, validate_calibrate
-from vitquant.diagnostics import write_site_diagnostics
 from vitquant.engines.context import CalibContext
 from vitquant.errors import CoverageError
 from vitquant.io.logger import RunLogger
