@@ -56,7 +56,7 @@ bench-imagenet: setup  ## PTQ on the real ImageNet ViT-Ti, label-free (agree_top
 
 report: setup  ## table + plots of a sweep: make report SWEEP="multirun/calibrate/<sweep> [more dirs]" [REPORT_ARGS=--metric=top1]
 	@test -n "$(SWEEP)" || { echo "error: give SWEEP=<sweep or run folders>"; exit 2; }
-	$(BIN)/python -m vitquant.report $(SWEEP) $(REPORT_ARGS)
+	$(BIN)/python -m vitquant.analysis.report $(SWEEP) $(REPORT_ARGS)
 
 reference: setup  ## train missing CIFAR reference models into the cache (recipe of shared/models)
 	$(BIN)/python -m bench.references

@@ -56,7 +56,8 @@ def setup(n: int, scale: list[int] | None):
     from vitquant.cli import CONF_DIR
     from vitquant.config import bit_widths
     from vitquant.models.quantize import quantized_twin
-    from vitquant.ptq import build_recipe, build_task
+    from vitquant.pipelines.common import build_recipe
+    from vitquant.tasks.base import build_task
 
     torch.set_num_threads(1)
     overrides = [*COMMAND, f"data.root={SHARED / 'data' / 'coco128'}", f"method.n_calib={n}", "out_dir=unused"]

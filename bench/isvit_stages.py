@@ -29,8 +29,9 @@ from vitquant.config import bit_widths, resolve_device
 from vitquant.engines.context import CalibContext
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import iter_sites, set_quant_state
-from vitquant.ptq import build_recipe, build_task
+from vitquant.pipelines.common import build_recipe
 from vitquant.runtime import seed_everything
+from vitquant.tasks.base import build_task
 
 # Sites evaluated in float on the finished model, one group at a time: (label, site-name test)
 END_GROUPS = (

@@ -1,6 +1,6 @@
 """The cell loop shared by the mm benchmarks (:mod:`bench.detection`, :mod:`bench.segmentation`).
 
-Each cell (method × bits) runs in this process through ``vitquant.ptq.run_calibration`` (the code
+Each cell (method × bits) runs in this process through ``vitquant.pipelines.calibrate.run_calibration`` (the code
 path of ``calibrate.py``) on a reference of :mod:`bench.mm_reference`, evaluated on the
 ``IMAGES`` images it was trained on at ``SCALE``; the FP model is evaluated once (method ``fp``).
 CPU budget: ``n_calib`` calibration images and, for the reconstruction methods, ``ITERS``
@@ -51,7 +51,7 @@ def cell_config(bench: Bench, method: str, bits: int, out: Path, n_calib: int, i
 
 def run(bench: Bench, methods: list[str], bits_list: list[int], n_calib: int, iters: int = ITERS) -> list[dict]:
     """Measure the cells ``methods × bits_list`` (and the FP row when missing), saving after each."""
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
 
     torch.set_num_threads(1)
     work = Path(tempfile.mkdtemp(prefix=f"vitquant-{bench.name}-bench-"))

@@ -128,7 +128,7 @@ def fit(net: torch.nn.Module, train_set, minutes: float, lr: float, batch_size: 
 def train(kind: str, minutes: float, lr: float, batch_size: int, seed: int, init: Path | None = None
           ) -> tuple[torch.nn.Module, list[dict]]:
     """Reference ``kind`` trained from scratch (or from ``init``'s weights); the wrapped model and its loss log."""
-    from vitquant.ptq import build_task
+    from vitquant.tasks.base import build_task
 
     cfg = compose_run(kind, "model.checkpoint=null")
     task = build_task(cfg.task, cfg.model, cfg.data)
@@ -174,7 +174,7 @@ def main() -> None:
         return
     ensure_data(args.kind)
     model, log = train(args.kind, minutes, lr, batch_size, args.seed, args.init)
-    from vitquant.ptq import build_task
+    from vitquant.tasks.base import build_task
 
     cfg = compose_run(args.kind)
     metrics = build_task(cfg.task, cfg.model, cfg.data).evaluate(model)

@@ -51,7 +51,7 @@ def run_cell(variant: str, bits: int, budget: dict, eval_fp: bool) -> dict:
     from omegaconf import open_dict
 
     from vitquant.cli import CONF_DIR
-    from vitquant.qat.run import run_training
+    from vitquant.pipelines.train import run_training
 
     out = WORK / f"{variant}_w{bits}a{bits}"
     overrides = [*{**VARIANTS, **EXTRA_VARIANTS}[variant], "model=vit_cifar", "data=cifar10",

@@ -59,8 +59,9 @@ def setup(cfg):
 
     from vitquant.config import bit_widths
     from vitquant.models.quantize import quantized_twin
-    from vitquant.ptq import build_recipe, build_task
+    from vitquant.pipelines.common import build_recipe
     from vitquant.runtime import seed_everything
+    from vitquant.tasks.base import build_task
     torch.set_num_threads(1)
     seed_everything(cfg.seed)
     task = build_task(cfg.task, cfg.model, cfg.data)

@@ -33,12 +33,12 @@ from vitquant.cli import CONF_DIR
 from vitquant.config import bit_widths
 from vitquant.engines.context import CalibContext
 from vitquant.export.graph import OPSET, GraphBuilder
+from vitquant.export.onnx_model import export_model
 from vitquant.export.onnx_runtime import session
-from vitquant.export.run import export_model
 from vitquant.io.atomic import atomic_write, write_json, write_text
 from vitquant.models.build import build_model
 from vitquant.models.quantize import quantized_twin
-from vitquant.ptq import build_recipe
+from vitquant.pipelines.common import build_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"

@@ -30,7 +30,7 @@ def compose_with(*overrides: str):
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS if g != "quantizer" for o in options(g)])
 def test_every_group_option_composes(group, option):
     cfg = compose_with(f"{group}={option}", "out_dir=/tmp/x")
-    OmegaConf.resolve(cfg)  # no dangling interpolation (model paths use oc.env defaults)
+    OmegaConf.resolve(cfg)  # no dangling interpolation (model paths use ${paths.*})
     bit_widths(cfg)
 
 

@@ -10,13 +10,13 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from vitquant.analysis.diagnostics import block_of, site_errors, sqnr_db
 from vitquant.cli import CONF_DIR
 from vitquant.config import bit_widths
-from vitquant.diagnostics import block_of, site_errors, sqnr_db
 from vitquant.engines.context import CalibContext
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import quantized_sites
-from vitquant.ptq import run_calibration
+from vitquant.pipelines.calibrate import run_calibration
 
 
 def calibrated(fp: torch.nn.Module, *overrides: str) -> torch.nn.Module:

@@ -266,7 +266,7 @@ def method_examples() -> list[tuple[str, str]]:
 def test_documented_method_config_builds_a_recipe(doc, text, tmp_path):
     import shutil
 
-    from vitquant.ptq import build_recipe
+    from vitquant.pipelines.common import build_recipe
 
     conf = shutil.copytree(CONF_DIR, tmp_path / "conf")
     name = yaml_name(text)

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import open_dict
 
 from vitquant.cli import CONF_DIR
-from vitquant.ptq import run_calibration
+from vitquant.pipelines.calibrate import run_calibration
 
 
 @pytest.mark.parametrize("experiment", ["isvit_imagenet", "repqvit_imagenet", "aiqvit_imagenet"])

@@ -45,7 +45,7 @@ def test_wandb_logger_without_wandb(monkeypatch, tmp_path):
 
 
 def test_report_without_pandas_is_one_line(monkeypatch, capsys, tmp_path):
-    from vitquant import report
+    from vitquant.analysis import report
 
     block(monkeypatch, "pandas")
     assert report.main([str(tmp_path)]) == 2
@@ -55,7 +55,7 @@ def test_report_without_pandas_is_one_line(monkeypatch, capsys, tmp_path):
 
 
 def test_diagnostics_plot_without_matplotlib(monkeypatch, tmp_path):
-    from vitquant.diagnostics import plot_sqnr
+    from vitquant.analysis.diagnostics import plot_sqnr
 
     block(monkeypatch, "matplotlib", "matplotlib.pyplot")
     with pytest.raises(MissingExtraError, match=r"vitquant\[report\]"):

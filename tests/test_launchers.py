@@ -199,7 +199,8 @@ def test_each_way_a_job_fails_is_recorded_with_its_error_line(tmp_path):
     assert f[4]["state"] == "OUT_OF_MEMORY" and "oom_kill" in f[4]["error"]
     assert f[5]["error"].endswith("ConfigKeyError: Key 'bitz' is not in struct")
     summary = launcher.summary(tmp_path, [f"a=1 bits={n}" for n in range(6)]).splitlines()
-    assert summary[0].startswith("error: 5 of 6 jobs failed, the others finished (table: python -m vitquant.report")
+    assert summary[0].startswith("error: 5 of 6 jobs failed, the others finished "
+                                 "(table: python -m vitquant.analysis.report")
     assert summary[2] == "  #2 bits=2: error: w_bits=9 is out of range: use an integer in 2..8"  # a=1 is common
     assert summary[3].startswith("  #3 bits=3: CANCELLED: slurmstepd: error: *** JOB 10")
 

@@ -9,9 +9,11 @@ import torch
 from safetensors.torch import save_file
 
 from vitquant.errors import UserError
-from vitquant.evaluation import rebuild_quantized, run_evaluation
 from vitquant.io.quantized_checkpoint import read_quantized
-from vitquant.ptq import build_recipe, build_task, run_calibration
+from vitquant.pipelines.calibrate import run_calibration
+from vitquant.pipelines.common import build_recipe, rebuild_quantized
+from vitquant.pipelines.evaluate import run_evaluation
+from vitquant.tasks.base import build_task
 
 OUTPUTS = {"config.yaml", "metrics.json", "quantized.pt", "calib_ids.json"}
 METRIC_KEYS = {"task", "model", "method", "w_bits", "a_bits", "top1", "top5", "fp_top1", "n_calib",
@@ -103,7 +105,7 @@ def test_checkpoint_with_nan_weight_is_refused_before_anything_is_written(tiny_r
 
 
 def test_diverged_stage_names_the_site_and_writes_nothing(tiny_run, monkeypatch):
-    import vitquant.ptq as ptq
+    import vitquant.pipelines.calibrate as calibrate_pipeline
 
     def diverging(method_cfg):
         recipe = build_recipe(method_cfg)
@@ -111,7 +113,7 @@ def test_diverged_stage_names_the_site_and_writes_nothing(tiny_run, monkeypatch)
         recipe.stages.append(lambda model, ctx: model.get_submodule(site).quantizer.scale.fill_(float("nan")))
         return recipe
 
-    monkeypatch.setattr(ptq, "build_recipe", diverging)
+    monkeypatch.setattr(calibrate_pipeline, "build_recipe", diverging)
     cfg = tiny_run("method=minmax", "bits=4")
     with pytest.raises(UserError, match=r"minmax diverged: site blocks\.1\.attn\.proj\.input: quantizer scale"):
         run_calibration(cfg)

@@ -52,7 +52,7 @@ def test_reference_reaches_its_stated_top1():
         pytest.skip(f"CIFAR-10 not found under {SHARED}/data (set VITQUANT_SHARED)")
     with safe_open(str(path), "pt") as f:
         stated = 100 * float(f.metadata()["test_top1"])
-    from vitquant.ptq import build_task
+    from vitquant.tasks.base import build_task
     cfg = calibrate_config("data=cifar10", f"data.root={SHARED / 'data' / 'cifar10'}", "task.num_workers=0")
     task = build_task(cfg.task, cfg.model, cfg.data)
     assert task.evaluate(task.build_model())["top1"] == pytest.approx(stated, abs=0.05)

@@ -1,4 +1,5 @@
-"""A real sweep with the local submitit launcher, then ``vitquant.report`` over it (and over a faked W&B project)."""
+"""A real sweep with the local submitit launcher, then ``vitquant.analysis.report`` over it (and over a faked
+W&B project)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from conftest import REPO, TINY_RUN
 
-from vitquant.report import main, read_folders, read_wandb, report
+from vitquant.analysis.report import main, read_folders, read_wandb, report
 
 pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
 
@@ -31,7 +32,8 @@ def sweep(tmp_path_factory):
                           timeout=300)
     assert proc.returncode == 1, proc.stderr
     summary = proc.stderr.strip().splitlines()[-3:]
-    assert summary[0].startswith("error: 2 of 4 jobs failed, the others finished (table: python -m vitquant.report")
+    assert summary[0].startswith("error: 2 of 4 jobs failed, the others finished "
+                                 "(table: python -m vitquant.analysis.report")
     assert [line.split(":")[0] for line in summary[1:]] == ["  #0 bits=9 method=minmax",
                                                              "  #1 bits=9 method=percentile"]
     assert all("error: w_bits=9 is out of range" in line for line in summary[1:])

@@ -1,9 +1,9 @@
-"""``vitquant.report --metric`` on the label-free fidelity metrics of unlabeled evaluations."""
+"""``vitquant.analysis.report --metric`` on the label-free fidelity metrics of unlabeled evaluations."""
 from __future__ import annotations
 
 import json
 
-from vitquant.report import main
+from vitquant.analysis.report import main
 
 
 def write_run(folder, method: str, agree: float, kl: float) -> None:

@@ -194,8 +194,8 @@ def set_keys(node: DictConfig) -> dict[str, Any]:
 def evaluation_data(cfg: DictConfig, checkpoint_data: DictConfig) -> DictConfig:
     """The data an evaluation uses: a chosen ``data=<name>`` group as it is, otherwise the checkpoint's
     data with the command line's ``data.*`` keys on top (a moved data set needs only ``data.root=``)."""
-    if cfg.data.name is not None:
-        return cfg.data
+    if cfg.data.name is not None:  # resolved here: its ${paths.*} name the root, which a detached copy lacks
+        return OmegaConf.create(OmegaConf.to_container(cfg.data, resolve=True))
     return OmegaConf.merge(checkpoint_data, set_keys(cfg.data))
 
 

@@ -24,7 +24,7 @@ from vitquant.data.transforms import eval_transform
 from vitquant.errors import REPORTED_ERRORS
 from vitquant.io.atomic import atomic_write
 from vitquant.models.build import build_model
-from vitquant.ptq import run_calibration
+from vitquant.pipelines.calibrate import run_calibration
 
 RUNS = [("minmax", 8), ("percentile", 8), ("minmax", 4), ("percentile", 4)]
 

@@ -1,5 +1,5 @@
 """A Slurm sweep in which one cell has a bad value and another is cancelled: the third finishes, the sweep ends
-with the two failures' error lines, and ``vitquant.report`` lists them."""
+with the two failures' error lines, and ``vitquant.analysis.report`` lists them."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY_RUN
 
-from vitquant.report import main as report_main
+from vitquant.analysis.report import main as report_main
 
 pytestmark = pytest.mark.cluster
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +48,8 @@ def test_failed_and_cancelled_cells_do_not_stop_the_sweep_and_are_reported(slurm
             subprocess.run(["scancel", "-n", name], timeout=30, check=False)
     assert proc.returncode == 1, err[-3000:]
     summary = err.strip().splitlines()[-3:]
-    assert summary[0].startswith("error: 2 of 3 jobs failed, the others finished (table: python -m vitquant.report")
+    assert summary[0].startswith("error: 2 of 3 jobs failed, the others finished "
+                                 "(table: python -m vitquant.analysis.report")
     assert summary[1].startswith("  #1 bits=9: error: w_bits=9 is out of range")
     assert summary[2].startswith("  #2 bits=8: CANCELLED: ") and "slurmstepd" in summary[2]
 

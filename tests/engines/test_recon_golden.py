@@ -25,7 +25,7 @@ from vitquant.cli import CONF_DIR
 from vitquant.config import bit_widths
 from vitquant.engines.context import CalibContext
 from vitquant.models.quantize import quantized_twin
-from vitquant.ptq import build_recipe
+from vitquant.pipelines.common import build_recipe
 
 GOLDEN = Path(__file__).parent / "golden" / "recon_methods.pt"
 BUDGET = ["bits=4", "method.iters=4", "method.batch_size=4", "method.n_calib=8"]

@@ -19,7 +19,7 @@ from vitquant.quant.two_scale import TwoScaleQuantizer
 from vitquant.quant.uniform import UniformQuantizer
 
 pytest.importorskip("onnxruntime")
-from vitquant.export.run import export_model  # noqa: E402
+from vitquant.export.onnx_model import export_model  # noqa: E402
 from vitquant.nn.site import iter_sites  # noqa: E402
 
 MODELS = ["tiny_vit", "tiny_swin"]
@@ -111,8 +111,8 @@ def test_bad_input_is_one_error_line(tiny_run, capsys, tmp_path):
     from omegaconf import open_dict
 
     from vitquant.cli import CONF_DIR, EXIT_USER_ERROR, guarded, preflight
-    from vitquant.export.run import run_export, validate_export
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
+    from vitquant.pipelines.export import run_export, validate_export
 
     fp_run = tiny_run("method=fp", out="fp")
     run_calibration(fp_run)

@@ -18,7 +18,7 @@ from vitquant.models.twin import to_quant_twin
 from vitquant.quant.uniform import UniformQuantizer
 
 pytest.importorskip("onnxruntime")
-from vitquant.export.run import export_model  # noqa: E402
+from vitquant.export.onnx_model import export_model  # noqa: E402
 
 BASE = dict(patch_size=2, window_size=4, embed_dim=24, num_heads=(2, 4, 4), num_classes=10)
 
@@ -81,8 +81,8 @@ def test_export_cli_on_a_repqvit_swin_checkpoint(tiny_run, tmp_path):
     from omegaconf import open_dict
 
     from vitquant.cli import CONF_DIR
-    from vitquant.export.run import run_export
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
+    from vitquant.pipelines.export import run_export
 
     calib = tiny_run("method=repqvit", "bits=8", "method.stages.1.round_zero_point=true", swin=True, out="rq")
     run_calibration(calib)

@@ -112,8 +112,8 @@ def offline_records(run_dir) -> bytes:
 def test_calibrate_and_export_log_their_job_type_and_files_as_artifacts(tiny_run, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     pytest.importorskip("onnx")
-    from vitquant.export.run import run_export
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
+    from vitquant.pipelines.export import run_export
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from vitquant.evaluation import rebuild_quantized
 from vitquant.io.quantized_checkpoint import read_quantized
 from vitquant.nn import QuantLinear
-from vitquant.ptq import build_task, run_calibration
+from vitquant.pipelines.calibrate import run_calibration
+from vitquant.pipelines.common import rebuild_quantized
+from vitquant.tasks.base import build_task
 
 FAST = ["method=aiqvit", "bits=4", "method.iters=6", "method.batch_size=4", "method.init_images=8"]
 

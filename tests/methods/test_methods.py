@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from vitquant.cli import CONF_DIR
-from vitquant.evaluation import rebuild_quantized
 from vitquant.io.quantized_checkpoint import read_quantized
-from vitquant.ptq import build_task, run_calibration
+from vitquant.pipelines.calibrate import run_calibration
+from vitquant.pipelines.common import rebuild_quantized
+from vitquant.tasks.base import build_task
 
 METHODS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 FAST = {  # keep each method to seconds: tiny budgets for the iterative stages

@@ -132,8 +132,8 @@ def test_task_that_cannot_join_its_group_stops_with_one_error_line(image_folder,
 def _ddp_run(rank: int, cfg, port: int, stop_after: int | None) -> None:
     import os
 
+    from vitquant.pipelines.train import run_training
     from vitquant.qat.loop import TrainingStopped
-    from vitquant.qat.run import run_training
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))

@@ -7,10 +7,10 @@ import torch
 from tiny_qat import train_config_factory
 
 from vitquant.io.quantized_checkpoint import read_quantized
+from vitquant.pipelines.train import run_training
 from vitquant.qat.checkpoint import load_resume
 from vitquant.qat.loop import Trainer
 from vitquant.qat.preemption import PreemptionSignal
-from vitquant.qat.run import run_training
 
 SIGNAL_AT_STEP = 5  # 4 steps per epoch: during epoch 2
 

@@ -8,8 +8,8 @@ import torch
 from tiny_qat import train_config_factory
 
 from vitquant.io.quantized_checkpoint import read_quantized
+from vitquant.pipelines.train import fit, run_training
 from vitquant.qat.loop import TrainingStopped
-from vitquant.qat.run import fit, run_training
 
 
 @pytest.fixture
@@ -45,7 +45,7 @@ def test_evaluate_rebuilds_the_qat_checkpoint(tiny_train, tmp_path, image_folder
     from omegaconf import open_dict
 
     from vitquant.cli import CONF_DIR
-    from vitquant.evaluation import run_evaluation
+    from vitquant.pipelines.evaluate import run_evaluation
 
     metrics = run_training(tiny_train("qat.epochs=1", "qat=lsq"))
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
@@ -57,7 +57,7 @@ def test_evaluate_rebuilds_the_qat_checkpoint(tiny_train, tmp_path, image_folder
 
 
 def test_fine_tune_a_ptq_checkpoint(tiny_run, tiny_train, tmp_path):
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
 
     run_calibration(tiny_run("method=minmax", "bits=4", out="ptq"))
     metrics = run_training(tiny_train(f"init={tmp_path / 'ptq' / 'quantized.pt'}", "qat.epochs=1", out="ft"))
@@ -94,7 +94,7 @@ def test_ddp_two_cpu_processes_keep_equal_weights(tiny_train, tmp_path):
 
 
 def test_offline_soft_labels_are_written_and_replayed(tiny_train, tmp_path):
-    from vitquant.qat.soft_labels import write_soft_labels
+    from vitquant.pipelines.soft_labels import write_soft_labels
 
     labels = tmp_path / "fkd"
     meta = write_soft_labels(tiny_train(f"soft_labels.dir={labels}", "soft_labels.n_stored=3", "soft_labels.topk=2"))

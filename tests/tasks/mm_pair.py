@@ -18,7 +18,8 @@ def float_and_twin_predictions(cfg) -> tuple:
     from vitquant.config import bit_widths
     from vitquant.models.quantize import quantized_twin
     from vitquant.nn.site import set_quant_state
-    from vitquant.ptq import build_recipe, build_task
+    from vitquant.pipelines.common import build_recipe
+    from vitquant.tasks.base import build_task
 
     task = build_task(cfg.task, cfg.model, cfg.data)
     fp = task.build_model()

@@ -23,8 +23,8 @@ def det_cfg(shared_dir, tmp_path):
 
 
 def test_calibrate_then_evaluate_gives_the_same_ap(det_cfg, tmp_path):
-    from vitquant.evaluation import run_evaluation
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
+    from vitquant.pipelines.evaluate import run_evaluation
 
     metrics = run_calibration(det_cfg("method=isvit", "bits=4", "method.iters=1", "method.batch_size=2",
                                       "eval_fp=false"))
@@ -40,7 +40,8 @@ def test_backbone_is_quantized_and_heads_stay_float(det_cfg):
     from vitquant.config import bit_widths
     from vitquant.models.quantize import quantized_twin
     from vitquant.nn import QuantLinear
-    from vitquant.ptq import build_recipe, build_task
+    from vitquant.pipelines.common import build_recipe
+    from vitquant.tasks.base import build_task
 
     cfg = det_cfg("method=percentile")
     task = build_task(cfg.task, cfg.model, cfg.data)
@@ -75,7 +76,7 @@ def test_ap_equals_pycocotools(det_cfg, shared_dir):
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
-    from vitquant.ptq import build_task
+    from vitquant.tasks.base import build_task
 
     cfg = det_cfg("task=detection", "task.max_eval_images=4")
     task = build_task(cfg.task, cfg.model, cfg.data)
@@ -139,7 +140,7 @@ def test_missing_annotation_file_is_one_line_error(det_cfg, shared_dir, capsys):
 
 def test_classification_checkpoint_is_one_line_error(det_cfg, tmp_path, capsys):
     from vitquant.cli import guarded
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
 
     path = tmp_path / "swin_tiny.pth"
     torch.save({"patch_embed.proj.weight": torch.zeros(96, 3, 4, 4), "head.fc.weight": torch.zeros(1000, 768)}, path)

@@ -20,7 +20,7 @@ from mm_pair import TINY_MM_SWIN  # noqa: E402
 def calibrate_then_evaluate_cli(overrides: list[str], tmp_path) -> tuple[dict, dict, subprocess.CompletedProcess]:
     """Calibrate in-process (seconds), then ``python evaluate.py checkpoint=...`` with no task/data overrides;
     the metrics.json of both runs."""
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
 
     run_calibration(run_config_factory(overrides, tmp_path)("method=minmax", "bits=8", "eval_fp=false"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}

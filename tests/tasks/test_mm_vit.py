@@ -85,7 +85,8 @@ def test_every_quantized_backbone_site_is_a_vit_site_and_blocks_are_units(vit_se
     from vitquant.engines.reconstruction import reconstruction_units
     from vitquant.models.quantize import quantized_twin
     from vitquant.nn.site import quantized_sites
-    from vitquant.ptq import build_recipe, build_task
+    from vitquant.pipelines.common import build_recipe
+    from vitquant.tasks.base import build_task
 
     cfg = vit_seg_cfg("method=repqvit")
     task = build_task(cfg.task, cfg.model, cfg.data)
@@ -108,8 +109,8 @@ def test_quantizers_off_give_the_float_vit_segmentor(vit_seg_cfg):
 
 def test_reconstruct_calibrate_then_evaluate_gives_the_same_miou(vit_seg_cfg, tmp_path):
     """I&S-ViT (block reconstruction of the backbone's ViT blocks) → quantized.pt → evaluate.py's numbers."""
-    from vitquant.evaluation import run_evaluation
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
+    from vitquant.pipelines.evaluate import run_evaluation
 
     metrics = run_calibration(vit_seg_cfg("method=isvit", "bits=4", "method.iters=1", "method.batch_size=2",
                                           "eval_fp=false"))
@@ -123,7 +124,7 @@ def test_reconstruct_calibrate_then_evaluate_gives_the_same_miou(vit_seg_cfg, tm
 def test_mismatched_checkpoint_is_one_line_error(vit_seg_cfg, tmp_path, capsys):
     """A segmentor checkpoint of another ViT width: one ``error:`` line, exit 2, no run folder."""
     from vitquant.cli import guarded
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
 
     other = TimmViT("deit_tiny_patch16_224", embed_dim=48, depth=4, num_heads=2, img_size=64)
     path = tmp_path / "upernet_vit_wide.pth"

@@ -43,8 +43,8 @@ def test_derived_set_has_the_annotated_classes_and_masks(semseg_root, shared_dir
 
 
 def test_calibrate_then_evaluate_gives_the_same_miou(seg_cfg, tmp_path):
-    from vitquant.evaluation import run_evaluation
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
+    from vitquant.pipelines.evaluate import run_evaluation
 
     metrics = run_calibration(seg_cfg("method=repqvit", "bits=4", "eval_fp=false"))
     assert metrics["primary_metric"] == "mIoU" and 0 <= metrics["mIoU"] <= 100 and "fp_aAcc" in metrics
@@ -74,7 +74,7 @@ def test_missing_mask_folder_is_one_line_error(semseg_root, capsys):
 def test_reference_trainer_steps_a_segmentor(seg_cfg):
     """bench.mm_reference's shared loop trains an mmseg segmentor (one step on the derived set's masks)."""
     from bench.mm_reference import fit, segmentation_train_set
-    from vitquant.ptq import build_task
+    from vitquant.tasks.base import build_task
 
     cfg = seg_cfg()
     task = build_task(cfg.task, cfg.model, cfg.data)

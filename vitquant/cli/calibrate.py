@@ -9,7 +9,7 @@ from vitquant.config import validate_calibrate
 @hydra.main(version_base="1.3", config_path="../conf", config_name="calibrate")
 @guarded
 def main(cfg: DictConfig) -> float:
-    from vitquant.ptq import run_calibration
+    from vitquant.pipelines.calibrate import run_calibration
 
     return primary_metric(run_calibration(cfg))
 

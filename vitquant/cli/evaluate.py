@@ -9,7 +9,7 @@ from vitquant.config import validate_evaluate
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 @guarded
 def main(cfg: DictConfig) -> float:
-    from vitquant.evaluation import run_evaluation
+    from vitquant.pipelines.evaluate import run_evaluation
 
     return primary_metric(run_evaluation(cfg))
 

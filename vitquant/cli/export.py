@@ -6,7 +6,7 @@ from vitquant.cli import guarded, preflight
 
 
 def validate(cfg: DictConfig) -> None:
-    from vitquant.export.run import validate_export
+    from vitquant.pipelines.export import validate_export
 
     validate_export(cfg)
 
@@ -14,7 +14,7 @@ def validate(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 @guarded
 def main(cfg: DictConfig) -> bool:
-    from vitquant.export.run import run_export
+    from vitquant.pipelines.export import run_export
 
     return run_export(cfg)["deployable"]
 

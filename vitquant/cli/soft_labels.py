@@ -21,7 +21,7 @@ def validate(cfg: DictConfig) -> None:
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @guarded
 def main(cfg: DictConfig) -> None:
-    from vitquant.qat.soft_labels import write_soft_labels
+    from vitquant.pipelines.soft_labels import write_soft_labels
 
     validate(cfg)
     write_soft_labels(cfg)

@@ -10,7 +10,7 @@ from vitquant.qat.config import validate_train
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 @guarded
 def main(cfg: DictConfig) -> float:
-    from vitquant.qat.run import run_training
+    from vitquant.pipelines.train import run_training
 
     return primary_metric(run_training(cfg))
 

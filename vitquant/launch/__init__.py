@@ -5,5 +5,5 @@
   ``error:`` line naming the override to change, instead of a job refused by ``sbatch`` or PENDING forever.
 * ``cells``: every job of a sweep is waited for, even when another one failed (an exception, a one-line
   user error, ``scancel``, a time or memory limit); failed jobs are recorded with their error line in
-  ``<sweep>/failed_jobs.json``, which ``vitquant.report`` lists.
+  ``<sweep>/failed_jobs.json``, which ``vitquant.analysis.report`` lists.
 """

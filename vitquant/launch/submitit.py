@@ -7,7 +7,7 @@ mixins with the plugin's launchers; the logic lives here.
 The plugin's ``launch`` submits every job, then reads the results in order and raises at the first job that
 did not finish: the rest of the sweep is neither waited for nor reported, and under the local launcher (which
 runs in batches) later batches never start. Here each job is read on its own: a failure is recorded with its
-error line (``cells.update_failures``, read by ``vitquant.report``) and the sweep goes on. When the last job
+error line (``cells.update_failures``, read by ``vitquant.analysis.report``) and the sweep goes on. When the last job
 has been read, a sweep with failures ends with a summary, one line per failed job (exit code 1); under Hydra's basic
 sweeper that is after the last batch, under another sweeper after each batch (its size is unknown here).
 
@@ -134,7 +134,7 @@ class WaitForEveryJob:
         when it was not a plain failure (CANCELLED, TIMEOUT, OUT_OF_MEMORY, LOST), its error line."""
         common = set.intersection(*(set(o.split()) for o in sweep_overrides)) if len(sweep_overrides) > 1 else set()
         lines = [f"error: {len(self.failures)} of {len(sweep_overrides)} jobs failed, the others finished "
-                 f"(table: python -m vitquant.report {sweep_dir}):"]
+                 f"(table: python -m vitquant.analysis.report {sweep_dir}):"]
         for num, failure in sorted(self.failures.items()):
             varying = " ".join(o for o in failure["overrides"].split() if o not in common)
             state = "" if failure["state"] == "FAILED" else f"{failure['state']}: "

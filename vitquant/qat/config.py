@@ -21,7 +21,7 @@ RESUME_MODES = ("auto", "never")
 
 def validate_train(cfg: DictConfig) -> None:
     """Everything about a QAT config that can be checked before loading anything. With ``init=``, the
-    model is the quantized checkpoint's (see ``qat.run.adopt_init``)."""
+    model is the quantized checkpoint's (see ``pipelines.train.adopt_init``)."""
     bit_widths(cfg)
     check_policy(cfg)
     if not task_class(cfg.task).can_train:

@@ -1,5 +1,5 @@
-"""Offline multi-crop KD (FKD, the official VVTQ route): store crops + top-k teacher probabilities,
-then replay them during training so large runs need no online teacher.
+"""Offline multi-crop KD (FKD, the official VVTQ route): the store of crops + top-k teacher probabilities,
+replayed during training so large runs need no online teacher (written by :mod:`vitquant.pipelines.soft_labels`).
 
 ``soft_labels.py`` (same config as ``train.py``) writes, per training image ``i``,
 ``<dir>/<i>.pt`` = {``boxes`` (n, 4) int (top, left, height, width in source pixels), ``flips`` (n,)
@@ -13,27 +13,19 @@ the remaining mass spread uniformly over the other classes.
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import Dataset
-from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
-from tqdm.auto import tqdm
 
-from vitquant.config import resolve_device
-from vitquant.data.datasets import build_dataset
-from vitquant.data.training import as_pil, sample_seed, train_subset
+from vitquant.data.training import as_pil
 from vitquant.errors import UserError
-from vitquant.io.atomic import save_torch, write_json
 from vitquant.qat.losses import dense_from_topk
 
-log = logging.getLogger("vitquant")
 META = "meta.json"
 
 
@@ -83,39 +75,3 @@ class SoftLabelCrops(Dataset):
                                       self.input_cfg) for j in pick.tolist()])
         soft = dense_from_topk(rec["topk_index"][pick], rec["topk_prob"][pick].float(), self.meta["classes"])
         return crops, label, soft
-
-
-@torch.no_grad()
-def write_soft_labels(cfg: DictConfig) -> dict[str, Any]:
-    """Draw and store ``soft_labels.n_stored`` crops per training image with the teacher's top-k."""
-    from vitquant.ptq import build_task
-    from vitquant.qat.teacher import build_teacher
-
-    folder = Path(cfg.soft_labels.dir)
-    device = resolve_device(cfg.device)
-    task = build_task(cfg.task, cfg.model, cfg.data)
-    teacher = build_teacher({**cfg.teacher, "name": "float"}, cfg.model, task.build_model().to(device))
-    data = train_subset(build_dataset(cfg.data, cfg.data.train_split), cfg.data.max_train_images, cfg.seed)
-    size, n, k = int(cfg.model.input.size), int(cfg.soft_labels.n_stored), int(cfg.soft_labels.topk)
-    scale = tuple(cfg.data.crop_scale)
-    classes = None
-    for i in tqdm(range(len(data)), desc="soft labels", disable=None):
-        image = as_pil(data[i][0])
-        src = source_index(data, i)
-        gen = torch.Generator().manual_seed(sample_seed(cfg.seed, -1, src))
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(torch.randint(2**62, (1,), generator=gen)))
-            boxes = [list(T.RandomResizedCrop.get_params(image, scale, (3 / 4, 4 / 3))) for _ in range(n)]
-            flips = (torch.rand(n) < float(cfg.data.hflip)).tolist()
-        batch = torch.stack([to_input(crop(image, b, f, size), cfg.model.input) for b, f in zip(boxes, flips)])
-        probs = teacher(batch.to(device)).float().softmax(-1).cpu()
-        classes = probs.shape[-1]
-        top = probs.topk(min(k, classes), dim=-1)
-        save_torch(record_path(folder, src), {"boxes": torch.tensor(boxes, dtype=torch.int32),
-                                              "flips": torch.tensor(flips), "topk_index": top.indices.to(torch.int16),
-                                              "topk_prob": top.values.half()})
-    meta = {"classes": classes, "k": k, "size": size, "n_stored": n, "images": len(data),
-            "teacher": dict(cfg.teacher), "model": cfg.model.name}
-    write_json(folder / META, meta)
-    log.info("soft labels: %d images x %d crops, top-%d -> %s", len(data), n, k, folder)
-    return meta

@@ -12,45 +12,27 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from timm.models.swin_transformer import SwinTransformer
-from timm.models.vision_transformer import VisionTransformer
-from torch import nn
 
 from vitquant.config import evaluation_data, validate_evaluate
 from vitquant.errors import UserError
-from vitquant.evaluation import rebuild_quantized
-from vitquant.io.atomic import atomic_write, write_json
+from vitquant.export.onnx_model import export_model, require_onnx, save_onnx
+from vitquant.io.atomic import write_json
 from vitquant.io.logger import RunLogger
 from vitquant.io.quantized_checkpoint import read_quantized
 from vitquant.nn.site import quantized_sites
-from vitquant.ptq import build_task
+from vitquant.pipelines.common import rebuild_quantized, run_header, run_name
 from vitquant.runtime import timer
+from vitquant.tasks.base import build_task
 
 log = logging.getLogger("vitquant")
 FORMATS = ("onnx",)
-
-
-def export_model(model: nn.Module, image_size: int, quantize: bool = True):
-    """``(onnx.ModelProto, ExportReport)`` of a ViT/DeiT or Swin twin, by the timm class it is."""
-    from vitquant.export.swin import export_swin
-    from vitquant.export.vit import export_vit  # (imported here: onnx is the optional ``export`` extra)
-
-    for cls, export in ((VisionTransformer, export_vit), (SwinTransformer, export_swin)):
-        if isinstance(model, cls):
-            return export(model, image_size, quantize)
-    raise UserError(f"export supports ViT/DeiT (timm VisionTransformer) and Swin (timm SwinTransformer) models, "
-                    f"not {type(model).__name__}")
 
 
 def validate_export(cfg: DictConfig) -> None:
     """Format, the onnx package, and a classification checkpoint (``validate_evaluate``'s checks too)."""
     if cfg.format not in FORMATS:
         raise UserError(f"format={cfg.format} is not supported; valid: {', '.join(FORMATS)}")
-    try:
-        import onnx  # noqa: F401 - the optional ``export`` extra
-    except ImportError as e:
-        raise UserError(f"export.py needs onnx, which cannot be imported ({e}); "
-                        "pip install 'vitquant[export]'") from None
+    require_onnx()
     run_cfg = validate_evaluate(cfg)
     if run_cfg.task.name != "classification":
         raise UserError(f"checkpoint={cfg.checkpoint} is a task={run_cfg.task.name} model; export.py exports "
@@ -70,9 +52,7 @@ def log_export(cfg: DictConfig, run_name: str, metrics: dict[str, Any]) -> None:
 
 def run_export(cfg: DictConfig) -> dict[str, Any]:
     validate_export(cfg)
-    import onnx
-
-    from vitquant.export.onnx_runtime import OrtClassifier
+    from vitquant.export.onnx_runtime import OrtClassifier  # (imported here: onnxruntime is optional)
 
     run_cfg, state, _ = read_quantized(cfg.checkpoint)
     task = build_task(cfg.task, run_cfg.model, evaluation_data(cfg, run_cfg.data))
@@ -82,9 +62,8 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
                         "export a checkpoint of a quantization method")
     model, report = export_model(qmodel, int(run_cfg.model.input.size))
     out_dir = Path(cfg.out_dir)
-    path = atomic_write(out_dir / "model.onnx", lambda tmp: onnx.save(model, tmp))
-    metrics: dict[str, Any] = {"model": run_cfg.model.name, "method": run_cfg.method.name,
-                               "w_bits": run_cfg.w_bits, "a_bits": run_cfg.a_bits, "format": cfg.format,
+    path = save_onnx(model, out_dir / "model.onnx")
+    metrics: dict[str, Any] = {**run_header(run_cfg), "format": cfg.format,
                                "onnx": str(path), "onnx_bytes": path.stat().st_size, **report.summary()}
     if cfg.verify:
         with timer() as t:
@@ -93,7 +72,7 @@ def run_export(cfg: DictConfig) -> dict[str, Any]:
         metrics["top1_fakequant"] = task.evaluate(qmodel, "cpu")["top1"]
         metrics["top1_gap"] = round(metrics["top1_onnx"] - metrics["top1_fakequant"], 4)
     write_json(out_dir / "metrics.json", metrics)
-    log_export(cfg, f"export-{run_cfg.model.name}-{run_cfg.method.name}-w{run_cfg.w_bits}a{run_cfg.a_bits}", metrics)
+    log_export(cfg, run_name(run_cfg, job="export"), metrics)
     floats = ", ".join(f"{k} ({v})" for k, v in sorted(metrics["float_sites"].items())[:6]) or "none"
     log.info("export %s %s W%sA%s -> %s: deployable=%s, %d integer sites, float sites: %s%s",
              run_cfg.model.name, run_cfg.method.name, run_cfg.w_bits, run_cfg.a_bits, path,

@@ -11,21 +11,18 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from vitquant.analysis.diagnostics import write_site_diagnostics
 from vitquant.config import bit_widths, resolve_device, validate_calibrate
-from vitquant.diagnostics import write_site_diagnostics
 from vitquant.engines.context import CalibContext
 from vitquant.errors import CoverageError
-from vitquant.io.atomic import write_json, write_text
 from vitquant.io.logger import RunLogger
-from vitquant.io.quantized_checkpoint import save_quantized
 from vitquant.io.sweep import finished_cell
-from vitquant.methods.recipe import Recipe
 from vitquant.models.finite import check_calibrated
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import uncalibrated_sites
+from vitquant.pipelines.common import build_recipe, run_header, run_name, save_run
 from vitquant.qat.distributed import require_one_process
 from vitquant.runtime import peak_memory, seed_everything, timer
 from vitquant.tasks.base import build_task
@@ -65,10 +62,6 @@ def fidelity_summary(metrics: dict[str, Any]) -> str:
     return f"agree {metrics['agree_top1']:.1f}%, KL {metrics['kl']:.3g}, SQNR {metrics['logit_sqnr_db']:.1f} dB"
 
 
-def build_recipe(method_cfg: DictConfig) -> Recipe:
-    return instantiate(method_cfg, _convert_="all")
-
-
 def run_calibration(cfg: DictConfig) -> dict[str, Any]:
     """Calibrate, evaluate and save one quantized model; returns the metrics."""
     validate_calibrate(cfg)
@@ -80,8 +73,8 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
     if (finished := finished_cell(out_dir)) is not None:
         return finished
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    run_name = f"{cfg.model.name}-{cfg.method.name}-w{bits.w}a{bits.a}-s{cfg.seed}"
-    logger = RunLogger(cfg.logger, run_config, str(out_dir), run_name, job_type="calibrate")
+    name = run_name(cfg)
+    logger = RunLogger(cfg.logger, run_config, str(out_dir), name, job_type="calibrate")
     try:
         task = build_task(cfg.task, cfg.model, cfg.data)
         recipe = build_recipe(cfg.method)
@@ -98,13 +91,12 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
                                 f"(first: {missing[0]}); the model's forward bypasses them")
         check_calibrated(qmodel, recipe.name)
         if cfg.get("diagnostics"):
-            write_site_diagnostics(qmodel, images[: cfg.diagnostics_images], device, out_dir, logger, run_name)
+            write_site_diagnostics(qmodel, images[: cfg.diagnostics_images], device, out_dir, logger, name)
         keys = list(task.metric_keys)
         q_metrics, eval_seconds, fp_eval_seconds = evaluate_with_reference(task, qmodel, fp_model, device,
                                                                            cfg.eval_fp)
         metrics = {
-            "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "policy": cfg.policy.name,
-            "w_bits": bits.w, "a_bits": bits.a, "end_bits": bits.end_w, "end_a_bits": bits.end_a,
+            "task": cfg.task.name, **run_header(cfg),
             **{k: q_metrics[k] for k in keys},
             **{f"fp_{k}": q_metrics.get(f"fp_{k}") for k in keys if k not in FIDELITY_KEYS},
             **{k: q_metrics[k] for k in FIDELITY_KEYS if k in q_metrics},
@@ -114,11 +106,7 @@ def run_calibration(cfg: DictConfig) -> dict[str, Any]:
             "fp_eval_seconds": fp_eval_seconds, **peak_memory(device),
             "seed": cfg.seed, "device": str(device), "primary_metric": task.primary_metric, **ctx.metrics,
         }
-        save_quantized(out_dir / "quantized.pt", qmodel, OmegaConf.create(run_config), calib_ids)
-        write_text(out_dir / "config.yaml", OmegaConf.to_yaml(run_config))
-        write_json(out_dir / "calib_ids.json", calib_ids)
-        write_json(out_dir / "metrics.json", metrics)
-        logger.artifact(out_dir / "quantized.pt")
+        save_run(out_dir, qmodel, run_config, calib_ids, metrics, logger, {"calib_ids.json": calib_ids})
         logger.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         logger.summary(metrics)
         log.info("%s %s W%dA%d: %s %.2f (FP %s), %s, calibration %.1fs -> %s", cfg.model.name, cfg.method.name,

@@ -1,4 +1,4 @@
-"""Sweep results as a paper table and plots: ``python -m vitquant.report <sweep dirs or run dirs>``.
+"""Sweep results as a paper table and plots: ``python -m vitquant.analysis.report <sweep dirs or run dirs>``.
 
 Reads every job of one or more Hydra multirun folders (or single run folders, or a W&B project with
 ``--wandb ENTITY/PROJECT``) and writes, next to the sweep (or in ``--out``), and prints:
@@ -325,7 +325,7 @@ def report(jobs: list[Job], out: Path, metric: str = "top1", title: str = "") ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vitquant.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vitquant.analysis.report", description=__doc__.split("\n")[0])
     parser.add_argument("paths", nargs="*", help="sweep folders (with multirun.yaml) or run folders")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read the runs of a W&B project instead")
     parser.add_argument("--group", help="with --wandb: only this group (one sweep)")

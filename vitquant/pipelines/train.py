@@ -25,14 +25,13 @@ from vitquant.data.datasets import build_dataset
 from vitquant.data.training import MultiCropDataset, ResumableSampler, train_subset, train_transform
 from vitquant.engines.context import CalibContext
 from vitquant.errors import CoverageError, UserError
-from vitquant.io.atomic import write_json, write_text
 from vitquant.io.logger import RunLogger
-from vitquant.io.quantized_checkpoint import read_quantized, save_quantized
+from vitquant.io.quantized_checkpoint import read_quantized
 from vitquant.io.sweep import finished_cell
 from vitquant.methods.recipe import Recipe
 from vitquant.models.quantize import quantized_twin
 from vitquant.nn.site import uncalibrated_sites
-from vitquant.ptq import build_recipe, build_task
+from vitquant.pipelines.common import build_recipe, rebuild_quantized, run_header, run_name, save_run
 from vitquant.qat.checkpoint import RESUME_FILE, load_resume
 from vitquant.qat.config import validate_train
 from vitquant.qat.distributed import DistInfo, barrier, env_rank, init_distributed, shutdown, weights_digest
@@ -42,6 +41,7 @@ from vitquant.qat.soft_labels import SoftLabelCrops
 from vitquant.qat.teacher import build_teacher
 from vitquant.quant.base import Quantizer
 from vitquant.runtime import seed_everything
+from vitquant.tasks.base import build_task
 
 log = logging.getLogger("vitquant")
 
@@ -72,7 +72,6 @@ def adopt_init(cfg: DictConfig) -> DictConfig:
 def build_student(cfg: DictConfig, task, fp_model: nn.Module, resuming: bool) -> tuple[nn.Module, list[int]]:
     """The quant twin to train: from ``init=`` (PTQ model, scales made learnable) or freshly initialised."""
     if cfg.init is not None:
-        from vitquant.evaluation import rebuild_quantized
         run_cfg, state, calib_ids = read_quantized(cfg.init)
         student = rebuild_quantized(run_cfg, state, cfg.init, task).to(next(fp_model.parameters()).device)
         for module in student.modules():  # LSQ-style: the PTQ steps become trainable too
@@ -171,9 +170,8 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
             trainer.preemption.disarm()
     digest = weights_digest(trainer.module, dist)
     metrics = {
-        "task": cfg.task.name, "model": cfg.model.name, "method": cfg.method.name, "qat": cfg.qat.name,
-        "policy": cfg.policy.name, "teacher": cfg.teacher.name, "w_bits": bits.w, "a_bits": bits.a,
-        "end_bits": bits.end_w, "end_a_bits": bits.end_a, "top1": history[-1].get("top1"),
+        "task": cfg.task.name, **run_header(cfg), "qat": cfg.qat.name, "teacher": cfg.teacher.name,
+        "top1": history[-1].get("top1"),
         "fp_top1": history[0].get("fp_top1"), "init_top1": history[0].get("top1"), "history": history,
         "train_seconds": trainer.position.train_seconds,
         "train_cpu_seconds": trainer.position.train_cpu_seconds, "epochs": cfg.qat.epochs,
@@ -192,17 +190,13 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
     if (finished := finished_cell(out_dir)) is not None:
         return finished
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    name = f"{cfg.model.name}-{cfg.qat.name}-w{cfg.w_bits}a{cfg.a_bits}-s{cfg.seed}"
+    name = run_name(cfg, method=cfg.qat.name)
     is_main = env_rank() == 0
     logger = RunLogger(cfg.logger if is_main else {"name": "none"}, run_config, str(out_dir), name, job_type="train")
     try:
         result = fit(cfg, logger)
         if is_main:
-            save_quantized(out_dir / "quantized.pt", result.model, OmegaConf.create(result.run_config),
-                           result.calib_ids)
-            write_text(out_dir / "config.yaml", OmegaConf.to_yaml(result.run_config))
-            write_json(out_dir / "metrics.json", result.metrics)
-            logger.artifact(out_dir / "quantized.pt")
+            save_run(out_dir, result.model, result.run_config, result.calib_ids, result.metrics, logger)
             logger.summary({k: v for k, v in result.metrics.items() if k != "history"})
             log.info("%s: top-1 %.2f (FP %s) after %d epochs, %.0f s -> %s", name, result.metrics["top1"],
                      result.metrics["fp_top1"], cfg.qat.epochs, result.metrics["train_seconds"], out_dir)

@@ -13,27 +13,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from vitquant.config import bit_widths, evaluation_data, evaluation_task, resolve_device, validate_evaluate
+from vitquant.config import evaluation_data, evaluation_task, resolve_device, validate_evaluate
 from vitquant.errors import UserError
 from vitquant.io.atomic import write_json
 from vitquant.io.logger import RunLogger
-from vitquant.io.quantized_checkpoint import load_quantized_state, read_quantized
-from vitquant.models.quantize import quantized_twin
-from vitquant.ptq import build_recipe
+from vitquant.io.quantized_checkpoint import read_quantized
+from vitquant.pipelines.common import rebuild_quantized, run_header, run_name
 from vitquant.runtime import timer
 from vitquant.tasks.base import build_task
 from vitquant.tasks.fidelity import FIDELITY_KEYS
 
 log = logging.getLogger("vitquant")
-
-
-def rebuild_quantized(run_cfg: DictConfig, state: dict, path: str, task) -> Any:
-    """The quantized model described by a checkpoint's config, with its state loaded."""
-    fp_model = task.build_model(load_weights=False)
-    qmodel = quantized_twin(fp_model, build_recipe(run_cfg.method), list(run_cfg.policy.kinds),
-                            bit_widths(run_cfg), run_cfg.seed)
-    load_quantized_state(qmodel, state, path)
-    return qmodel
 
 
 def float_reference(cfg: DictConfig, run_cfg: DictConfig, task, device) -> Any:
@@ -58,8 +48,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
     run_cfg, state, calib_ids = read_quantized(cfg.checkpoint)
     out_dir = Path(cfg.out_dir)
     logger = RunLogger(cfg.logger, OmegaConf.to_container(cfg, resolve=True), str(out_dir),
-                       f"eval-{run_cfg.model.name}-{run_cfg.method.name}-w{run_cfg.w_bits}a{run_cfg.a_bits}",
-                       job_type="evaluate")
+                       run_name(run_cfg, job="eval"), job_type="evaluate")
     try:
         task_cfg = evaluation_task(cfg, run_cfg.task)
         task = build_task(task_cfg, run_cfg.model, evaluation_data(cfg, run_cfg.data))
@@ -69,8 +58,7 @@ def run_evaluation(cfg: DictConfig) -> dict[str, Any]:
             metrics = task.evaluate(qmodel, device, reference=reference) if reference is not None \
                 else task.evaluate(qmodel, device)
         keys = list(task.metric_keys)
-        out = {"task": task_cfg.name, "model": run_cfg.model.name, "method": run_cfg.method.name,
-               "policy": run_cfg.policy.name, "w_bits": run_cfg.w_bits, "a_bits": run_cfg.a_bits,
+        out = {"task": task_cfg.name, **run_header(run_cfg),
                **{k: metrics[k] for k in keys}, **{k: metrics[k] for k in FIDELITY_KEYS if k in metrics},
                **{f"fp_{k}": metrics[f"fp_{k}"] for k in keys if f"fp_{k}" in metrics},
                "n_eval_images": metrics["n_images"],
