@@ -205,6 +205,27 @@ def test_each_way_a_job_fails_is_recorded_with_its_error_line(tmp_path):
     assert summary[3].startswith("  #3 bits=3: CANCELLED: slurmstepd: error: *** JOB 10")
 
 
+def test_slurms_own_line_is_waited_for_when_it_lands_after_the_state_change(tmp_path):
+    """slurmstepd appends "*** JOB ... CANCELLED ..." a moment after squeue/sacct say CANCELLED; until then the only
+    text is submitit's "Error stream produced:" header, which must never stand as the reason."""
+    import threading
+
+    from submitit.core.utils import UncompletedJobError
+
+    from vitquant.launch.cells import killed_job_error
+
+    job = FakeJob(tmp_path, "8_1", None, "CANCELLED", "[INFO] calibrating\n")
+    late = "slurmstepd: error: *** JOB 12 ON vm CANCELLED AT 2026-12-05T01:00:00 ***\n"
+    writer = threading.Timer(1.0, lambda: job.paths.stderr.write_text(job.paths.stderr.read_text() + late))
+    writer.start()
+    error = UncompletedJobError("Job 8_1 has not produced any output (state: CANCELLED)\nError stream produced:\n"
+                                "----------------------------------------\n[INFO] calibrating")
+    assert killed_job_error(job, error, wait_s=10.0) == ("CANCELLED", late.strip())
+    writer.join()
+    state, line = killed_job_error(FakeJob(tmp_path, "8_2", None, "CANCELLED", ""), error, wait_s=0.0)
+    assert state == "CANCELLED" and line.startswith("Job 8_1 has not produced any output")
+
+
 def test_a_job_that_leaves_the_queue_without_a_trace_is_lost_not_waited_for(tmp_path, monkeypatch):
     """A pending array task cancelled on a cluster whose sacct forgets it: submitit would wait forever."""
     from hydra_plugins.vitquant_launchers import SlurmLauncher

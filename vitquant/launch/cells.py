@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ from vitquant.io.atomic import write_json
 
 FAILED_JOBS = "failed_jobs.json"
 LOST_AFTER_S = 60.0   # out of the queue this long, without a result: lost (a finished job writes its result first)
+SLURM_LINE_WAIT_S = 15.0  # slurmstepd appends its "*** JOB ... CANCELLED ..." line after the state changes
 ERROR_LINE = re.compile(r"(^error: |Error\b|Exception\b|Traceback|\bKilled\b|CANCELLED|TIMEOUT|out of memory"
                         r"|oom[_-]kill)")
+NOT_AN_ERROR_LINE = re.compile(r"^(Error stream produced:|-+)$")  # submitit's header above a job's stderr
 
 
 def last_error_line(texts: Iterable[str]) -> str:
@@ -35,7 +38,7 @@ def last_error_line(texts: Iterable[str]) -> str:
     found = ""
     for text in texts:
         for line in text.splitlines():
-            if ERROR_LINE.search(line):
+            if ERROR_LINE.search(line) and not NOT_AN_ERROR_LINE.match(line.strip()):
                 found = line.strip()
     return found
 
@@ -96,16 +99,26 @@ def exception_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if not text.startswith(type(error).__name__) else text
 
 
-def killed_job_error(job: Any, error: BaseException) -> tuple[str, str]:
-    """(state, error line) of a submitit job whose result could not be read (``UncompletedJobError``)."""
+def killed_job_error(job: Any, error: BaseException,
+                     wait_s: float = SLURM_LINE_WAIT_S) -> tuple[str, str]:
+    """(state, error line) of a submitit job whose result could not be read (``UncompletedJobError``).
+
+    When Slurm ended the job (cancelled, time or memory limit), its reason is the ``slurmstepd: ...`` line that
+    the step daemon appends to the job's stderr, sometimes a moment after the job's state has changed: the logs
+    are read again for up to ``wait_s`` seconds until that line is there."""
     try:
         state = str(job.state)
     except Exception:  # noqa: BLE001 - the scheduler may not answer any more; the logs still tell
         state = "UNKNOWN"
     if state in ("COMPLETED", "FINISHED"):  # the process ended (e.g. exit 2 after a user error) without a result
         state = "FAILED"
-    logs = read_texts([job.paths.stderr, job.paths.stdout])
-    line = last_error_line(logs) or last_error_line([str(error)])
+    deadline = time.monotonic() + (wait_s if state not in ("FAILED", "UNKNOWN") else 0.0)
+    while True:
+        line = last_error_line(read_texts([job.paths.stderr, job.paths.stdout]))
+        if "slurmstepd" in line or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    line = line or last_error_line([str(error)])
     return state, line or f"job ended in state {state} without an error line (logs: {job.paths.stderr})"
 
 
