@@ -216,21 +216,30 @@ def main(argv: list[str] | None = None) -> dict:
     earlier = json.loads((args.out / "calib_memory.json").read_text()) \
         if args.resume and (args.out / "calib_memory.json").exists() else {}
     done = {(c["images"], c["mode"]): c for c in earlier.get("memory", []) if "error" not in c}
-    res: dict = {"command": COMMAND, "memory": []}
-    cells = [(n, "bounded") for n in args.images] + [(n, "one_batch") for n in args.one_batch_images]
-    for n, mode in cells:
-        res["memory"].append(done.get((n, mode)) or child({"kind": "memory", "n": n, "mode": mode}))
-        print(res["memory"][-1], flush=True)
+    res: dict = {"command": COMMAND, "memory": list(done.values())}
     agreement = earlier.get("agreement")
     if agreement and "error" not in agreement:
         res["agreement"] = agreement
-    elif not args.skip_agreement:
+
+    def save() -> None:  # after every cell: an interrupted run keeps what it measured (--resume goes on)
+        res["memory"].sort(key=lambda c: (c["mode"] != "bounded", c["images"]))
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_json(args.out / "calib_memory.json", res)
+        write_text(args.out / "calib_memory.md", markdown(res))
+
+    if "agreement" not in res and not args.skip_agreement:  # the small case first: minutes, not an hour
         res["agreement"] = child({"kind": "agreement", "n": args.agree_images, "scale": args.agree_scale,
                                   "batch": args.agree_batch, "held_out": args.agree_held_out})
         print(res["agreement"], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "calib_memory.json", res)
-    write_text(args.out / "calib_memory.md", markdown(res))
+        save()
+    cells = [(n, "bounded") for n in args.images] + [(n, "one_batch") for n in args.one_batch_images]
+    for n, mode in cells:
+        if (n, mode) in done:
+            continue
+        res["memory"].append(child({"kind": "memory", "n": n, "mode": mode}))
+        print(res["memory"][-1], flush=True)
+        save()
+    save()
     return res
 
 

@@ -69,15 +69,28 @@ def grid(methods: list[str], bits: list[int] | None, seeds: list[int]) -> list[C
     return out
 
 
-def budget(method: str, full: bool) -> str:
-    return "cpu" if method in RECONSTRUCTION and not full else "official"
+def budget(method: str, full: bool, recon_iters: int | None = None) -> str:
+    """``official`` (the method's config), ``cpu`` (bench/plan.py's 200 iterations) or ``cpu<N>it`` (fewer)."""
+    if method not in RECONSTRUCTION or full:
+        return "official"
+    return "cpu" if recon_iters is None else f"cpu{recon_iters}it"
+
+
+def recon_overrides(method: str, full: bool, recon_iters: int | None) -> list[str]:
+    """The reconstruction budget's overrides (the calibration images are capped separately)."""
+    if budget(method, full) != "cpu":
+        return []
+    its = [] if recon_iters is None else [f"method.iters={recon_iters}"]
+    kept = [o for o in CPU_RECON if not o.startswith("method.n_calib")]
+    return [o for o in kept if not (its and o.startswith("method.iters"))] + its
 
 
 def key(row: dict) -> tuple:
     return tuple(row.get(k) for k in ROW_KEY)
 
 
-def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, max_eval: int | None) -> dict:
+def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, max_eval: int | None,
+             recon_iters: int | None = None) -> dict:
     """One ``calibrate.py`` process; its ``metrics.json`` plus the cell's bookkeeping."""
     from hydra import compose, initialize_config_dir
 
@@ -85,7 +98,7 @@ def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, m
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         own = compose("calibrate", overrides=[f"method={cell.method}"]).method.n_calib
-    recon = [o for o in CPU_RECON if not o.startswith("method.n_calib")] if budget(cell.method, full) == "cpu" else []
+    recon = recon_overrides(cell.method, full, recon_iters)
     out = Path(tempfile.mkdtemp(dir=work))
     cmd = [sys.executable, str(REPO / "calibrate.py"), f"method={cell.method}", f"model={MODEL}",
            f"model.checkpoint={WEIGHTS}", "data=coco128_objects", f"data.root={imageset}", f"bits={cell.bits}",
@@ -97,7 +110,7 @@ def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, m
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     row = json.loads((out / "metrics.json").read_text())
-    row.update(budget=budget(cell.method, full), method_n_calib=own)
+    row.update(budget=budget(cell.method, full, recon_iters), method_n_calib=own)
     return row
 
 
@@ -150,7 +163,8 @@ def write_markdown(rows: list[dict], path: Path) -> str:
              "calibration on the disjoint calib part. `agree_top1`: % of images where the quantized model predicts "
              "the float model's class; `KL`: mean KL(FP ‖ quantized) of the softmax (nats); `SQNR`: logit SQNR (dB); "
              "`calib CPU s`: the calibration's own CPU seconds (one thread). Mean ± std over seeds. "
-             "Budget `cpu`: 200 iterations per block and stage (bench/plan.py), `official`: the method's config.", "",
+             "Budget `cpu`: 200 iterations per block and stage (bench/plan.py); `cpu<N>it`: N iterations (a smaller "
+             "CPU budget); `official`: the method's config.", "",
              "| policy | method | W/A | budget | n_calib | seeds | agree_top1 % | KL | SQNR dB | calib CPU s |",
              "|" + "---|" * 10]
     for (policy, method, w, a, bud), g in sorted(groups(rows).items(), key=lambda kv: (kv[0][0], -kv[0][2],
@@ -171,6 +185,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--bits", nargs="+", type=int, default=None, help="only these bits (default: the grid's)")
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     ap.add_argument("--full", action="store_true", help="official reconstruction budgets (GPU)")
+    ap.add_argument("--recon-iters", type=int, default=None,
+                    help="fewer reconstruction iterations than the cpu budget's 200 (rows labelled cpu<N>it)")
+    ap.add_argument("--recon-images", type=int, default=None,
+                    help="at most this many calibration images for the reconstruction methods")
     ap.add_argument("--max-eval-images", type=int, default=None, help="evenly spaced subset of the eval part")
     ap.add_argument("--imageset", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -183,12 +201,14 @@ def main(argv: list[str] | None = None) -> None:
     rows = json.loads(json_path.read_text()) if json_path.exists() else []
     done = {key(r) for r in rows}
     todo = [c for c in grid(args.methods, args.bits, args.seeds)
-            if (c.method, c.policy, c.bits, c.bits, c.seed, budget(c.method, args.full)) not in done]
+            if (c.method, c.policy, c.bits, c.bits, c.seed, budget(c.method, args.full, args.recon_iters)) not in done]
     print(f"{len(todo)} cells to run ({len(done)} rows already in {json_path})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for cell in todo:
             try:
-                row = run_cell(cell, args.imageset, n_calib, args.full, Path(tmp), args.max_eval_images)
+                cap = args.recon_images if args.recon_images and cell.method in RECONSTRUCTION else n_calib
+                row = run_cell(cell, args.imageset, min(cap, n_calib), args.full, Path(tmp), args.max_eval_images,
+                               args.recon_iters)
             except RuntimeError as e:
                 print(f"FAILED {cell}: {str(e)[-600:]}", flush=True)
                 continue
