@@ -51,8 +51,8 @@ def test_rank_search_picks_the_rank_of_the_error(tiny_vit):
     assert tables["lowrank/ranks"] == [[k, v] for k, v in hook.chosen.items()]
     assert logged["lowrank/blocks.0.mlp.fc2/rank"] == 4.0
     # only fc2 of block 0 keeps a compensation, at its chosen rank; the error is gone
-    kept = {n for n, m in q.named_modules() if isinstance(m, QuantLinear) and m.compensation is not None}
-    assert kept == {"blocks.0.mlp.fc2"} and q.blocks[0].mlp.fc2.compensation.A.shape == (4, 192)
+    kept = {n for n, m in q.named_modules() if isinstance(m, QuantLinear) and m.branch is not None}
+    assert kept == {"blocks.0.mlp.fc2"} and q.blocks[0].mlp.fc2.branch.A.shape == (4, 192)
     with torch.no_grad():
         assert (q(x) - tiny_vit(x)).pow(2).mean() < before / 10
 
@@ -82,10 +82,10 @@ def test_fixed_rank_forms_and_curriculum_reduce_the_error(tiny_vit, form):
     assert hook.chosen == {"blocks.0.mlp.fc2": 4, "blocks.1.mlp.fc2": 4}
     fc2 = q.blocks[0].mlp.fc2
     if form == "merged":  # folded into the weight: no module, no extra cost
-        assert fc2.compensation is None and not torch.equal(fc2.weight, weight)
+        assert fc2.branch is None and not torch.equal(fc2.weight, weight)
         assert ctx.metrics["lowrank_extra_params"] == 0
     else:
-        assert fc2.compensation.rank == 4 and torch.equal(fc2.weight, weight)
+        assert fc2.branch.rank == 4 and torch.equal(fc2.weight, weight)
 
 
 def test_disabled_hook_trains_nothing(tiny_vit):

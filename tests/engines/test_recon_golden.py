@@ -29,6 +29,7 @@ from vitquant.pipelines.common import build_recipe
 
 GOLDEN = Path(__file__).parent / "golden" / "recon_methods.pt"
 BUDGET = ["bits=4", "method.iters=4", "method.batch_size=4", "method.n_calib=8"]
+RENAMED = {".compensation.": ".branch."}  # state keys renamed after the golden was written (#22.3), values unchanged
 METHODS = {"isvit": ["method.init_images=8"], "qdrop": [],
            "aiqvit": ["method.init_images=8", "method.rank_candidates=[0,2,4]"]}
 
@@ -51,6 +52,12 @@ def calibrated_state(method: str) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in qmodel.state_dict().items() if isinstance(v, torch.Tensor)}
 
 
+def renamed(key: str) -> str:
+    for old, new in RENAMED.items():
+        key = key.replace(old, new)
+    return key
+
+
 @pytest.mark.skipif(not os.environ.get("VITQUANT_WRITE_GOLDEN"), reason="writes the golden file on request only")
 def test_write_golden():
     GOLDEN.parent.mkdir(exist_ok=True)
@@ -60,7 +67,7 @@ def test_write_golden():
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_same_quantized_state_as_before_the_refactor(method):
     golden = torch.load(GOLDEN, weights_only=True)
-    expected, state = golden["states"][method], calibrated_state(method)
+    expected, state = {renamed(k): v for k, v in golden["states"][method].items()}, calibrated_state(method)
     assert sorted(state) == sorted(expected)
     exact = golden["platform"] == platform()
     for key, value in expected.items():

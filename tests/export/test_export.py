@@ -152,9 +152,9 @@ def test_unmerged_low_rank_compensation_is_a_float_branch(tiny_vit, onnx_logits,
     """AIQViT's unmerged ``Q(W)·x̂ + B·(A·x̂)``: the branch is exported in float and reported; merged is refused."""
     q = calibrated(tiny_vit, 8)
     fc1 = q.blocks[0].mlp.fc1
-    fc1.compensation = LowRankCompensation(fc1.in_features, fc1.out_features, rank=4)
+    fc1.branch = LowRankCompensation(fc1.in_features, fc1.out_features, rank=4)
     with torch.no_grad():
-        fc1.compensation.B.normal_(0, 0.2)
+        fc1.branch.B.normal_(0, 0.2)
     model, report = export_model(q, 32)
     assert report.summary()["float_branches"] == {"blocks.0.mlp.fc1": "low-rank compensation r=4"}
     assert not report.deployable
@@ -162,6 +162,6 @@ def test_unmerged_low_rank_compensation_is_a_float_branch(tiny_vit, onnx_logits,
     with torch.no_grad():
         expected = q(x).numpy()
     assert np.abs(onnx_logits(model, x) - expected).max() <= logit_step(q)
-    fc1.compensation.merged = True
+    fc1.branch.merged = True
     with pytest.raises(UserError, match="blocks.0.mlp.fc1 low-rank compensation"):
         export_model(q, 32)

@@ -18,8 +18,8 @@ FAST = ["method=aiqvit", "bits=4", "method.iters=6", "method.batch_size=4", "met
 
 
 def compensated(model: torch.nn.Module) -> dict[str, int]:
-    return {n: m.compensation.rank for n, m in model.named_modules()
-            if isinstance(m, QuantLinear) and m.compensation is not None}
+    return {n: m.branch.rank for n, m in model.named_modules()
+            if isinstance(m, QuantLinear) and m.branch is not None}
 
 
 def test_aiqvit_checkpoint_with_compensation_reloads_to_identical_logits(tiny_run):
@@ -32,11 +32,11 @@ def test_aiqvit_checkpoint_with_compensation_reloads_to_identical_logits(tiny_ru
     assert set(saved["dfq_intervals"]) == {"blocks.0.attn.post_softmax", "blocks.1.attn.post_softmax"}
 
     run_cfg, state, _ = read_quantized(Path(cfg.out_dir) / "quantized.pt")
-    assert "blocks.0.mlp.fc2.compensation.A" in state
+    assert "blocks.0.mlp.fc2.branch.A" in state
     task = build_task(cfg.task, run_cfg.model, cfg.data)
     x = task.calibration_images(4, seed=1)[0]
     first = rebuild_quantized(run_cfg, state, "q.pt", task)
-    assert compensated(first) == {k.removesuffix(".compensation.A"): 4 for k in state if k.endswith("compensation.A")}
+    assert compensated(first) == {k.removesuffix(".branch.A"): 4 for k in state if k.endswith("branch.A")}
     with torch.no_grad():
         assert torch.equal(first(x), rebuild_quantized(run_cfg, state, "q.pt", task)(x))
     reloaded = task.evaluate(first, torch.device("cpu"))
@@ -48,7 +48,7 @@ def test_aiqvit_merged_form_leaves_no_modules(tiny_run):
     metrics = run_calibration(cfg)
     assert metrics["lowrank_form"] == "merged" and metrics["lowrank_extra_params"] == 0
     _, state, _ = read_quantized(Path(cfg.out_dir) / "quantized.pt")
-    assert not any("compensation" in k for k in state)
+    assert not any(".branch." in k for k in state)
 
 
 @pytest.mark.parametrize("switch", ["method.lowrank=false", "quantizer@method.quantizers.post_softmax=logsqrt2"])

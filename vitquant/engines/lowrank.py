@@ -4,8 +4,8 @@
 strategy, so the quantized weights stay frozen). For each transformer
 block it:
 
-1. attaches a compensation (``vitquant.nn.lowrank``) to the quantized linears named in ``layers``
-   (qkv, proj, fc1, fc2), B = 0 so the block starts exactly as plain PTQ left it;
+1. attaches a compensation (``vitquant.nn.lowrank``) as the ``branch`` of the quantized linears named in
+   ``layers`` (qkv, proj, fc1, fc2), B = 0 so the block starts exactly as plain PTQ left it;
 2. returns the factors A, B as a parameter group (lr ``lr``, cosine-annealed with the unit);
 3. rank search (``search=True``): each layer has logits α over the candidate ranks r ∈ ``ranks``
    (those ≤ ``max_fraction``·min(in, out)), p = softmax(α/τ), with their own Adam (lr
@@ -111,7 +111,7 @@ class LowRankHook(ReconHook):
             candidates = self.candidates(layer)
             if candidates[-1] == 0:
                 continue
-            layer.compensation = LowRankCompensation(
+            layer.branch = LowRankCompensation(
                 layer.in_features, layer.out_features, candidates[-1], candidates, merged=self.form == "merged",
                 tau=self.tau, generator=self.generator).to(layer.weight.device)
             self.current.append((f"{name}.{rel}", layer))
@@ -123,7 +123,7 @@ class LowRankHook(ReconHook):
         return [{"params": [p for c in self.compensations() for p in (c.A, c.B)], "lr": self.lr}]
 
     def compensations(self) -> list[LowRankCompensation]:
-        return [layer.compensation for _, layer in self.current]
+        return [layer.branch for _, layer in self.current]
 
     def searching(self) -> list[LowRankCompensation]:
         return [c for c in self.compensations() if c.searching]
@@ -185,16 +185,16 @@ class LowRankHook(ReconHook):
     def end(self, name: str, unit: nn.Module, data: UnitData, ctx: CalibContext) -> None:
         tokens = tokens_per_sample(data)
         for full, layer in self.current:
-            comp = layer.compensation
+            comp = layer.branch
             rank = comp.select_rank()  # a search that never reached its end point keeps argmax α too
             self.chosen[full] = rank
             ctx.log({f"lowrank/{full}/rank": float(rank)})
             if rank == 0:
-                layer.compensation = None
+                layer.branch = None
             elif self.form == "merged":
                 with torch.no_grad():
                     layer.weight.add_(comp.delta())
-                layer.compensation = None
+                layer.branch = None
             else:
                 comp.compact()
                 self.extra_params += comp.extra_params()

@@ -25,7 +25,7 @@ from vitquant.errors import UserError
 from vitquant.export.emulate import EMULATORS
 from vitquant.export.graph import GraphBuilder, float_input
 from vitquant.export.sites import quantizer_name, site_form, weight_codes
-from vitquant.nn import QuantLinear
+from vitquant.nn import LowRankCompensation, QuantLinear
 from vitquant.nn.site import QuantSite, iter_sites
 
 
@@ -61,14 +61,21 @@ def refuse(problems: list[str]) -> None:
         raise UserError(f"export does not implement: {', '.join(problems[:3])}")
 
 
+def branch_problem(branch: nn.Module) -> str | None:
+    """Why ``project`` cannot emit a linear's output branch, or None: it emits AIQViT's low-rank compensation,
+    unmerged and with its rank chosen, and nothing else."""
+    if not isinstance(branch, LowRankCompensation):
+        return f"{type(branch).__name__} output branch"
+    return "low-rank compensation while merged or searching" if branch.merged or branch.searching else None
+
+
 class Exporter:
     """Shared layer emitters; subclasses implement ``check`` and ``build`` for one architecture."""
 
     def __init__(self, model: nn.Module, quantize: bool = True) -> None:
         self.check(model)
-        refuse([f"{path} low-rank compensation while merged or searching" for path, m in model.named_modules()
-                if isinstance(m, QuantLinear) and m.compensation is not None
-                and (m.compensation.merged or m.compensation.searching)])
+        refuse([f"{path} {branch_problem(m.branch)}" for path, m in model.named_modules()
+                if isinstance(m, QuantLinear) and m.branch is not None and branch_problem(m.branch)])
         self.m, self.quantize = model, quantize
         self.g, self.report = GraphBuilder(), ExportReport()
         self.site_names = {id(s): n for n, s in iter_sites(model)}
@@ -152,12 +159,12 @@ class Exporter:
         inside (``GraphBuilder.gemm``); with AIQViT's unmerged compensation also ``+ (x̂·Aᵀ)·Bᵀ`` in float."""
         bias = None if layer.bias is None else layer.bias.detach().float().numpy()[rows]
         y = self.g.gemm(x, self.weight(layer, transpose=True, rows=rows), bias)
-        if layer.compensation is not None:
-            b, a = (t.detach().float().t().contiguous().numpy() for t in layer.compensation.factors())
+        if layer.branch is not None:
+            b, a = (t.detach().float().t().contiguous().numpy() for t in layer.branch.factors())
             low = self.g.op("MatMul", [x, self.g.const(a, "lowrank_a")])
             y = self.g.op("Add", [y, self.g.op("MatMul", [low, self.g.const(b[:, rows], "lowrank_b")])])
             name = self.site_names[id(layer.input_site)].rsplit(".", 1)[0]
-            self.report.float_branches[name] = f"low-rank compensation r={layer.compensation.rank}"
+            self.report.float_branches[name] = f"low-rank compensation r={layer.branch.rank}"
         return y
 
     def layer_norm(self, x: str, norm: nn.LayerNorm, rank: int) -> str:

@@ -8,7 +8,8 @@ Layout (loadable with ``torch.load(weights_only=True)``)::
      "calib_ids": LongTensor}
 
 Rebuilding = the model and method from the stored config, twins + quantizers attached, then this
-state dict (quantizers adopt the stored per-channel shapes and granularity).
+state dict. The modules restore their own structure while loading (quantizers adopt the stored per-channel
+shapes and granularity, linears a folded bias or an output branch), so this module knows no method.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from torch import nn
 
 from vitquant.errors import UserError
 from vitquant.io.atomic import save_torch
-from vitquant.nn.lowrank import restore_compensation
 
 FORMAT = "vitquant.quantized/1"
 
@@ -48,18 +48,8 @@ def read_quantized(path: str | Path) -> tuple[DictConfig, dict[str, Any], list[i
     return OmegaConf.create(blob["config"]), blob["state_dict"], blob["calib_ids"].tolist()
 
 
-def add_folded_biases(model: nn.Module, state: dict[str, Any]) -> None:
-    """Give linears the bias that LayerNorm reparameterization created (Swin's reduction has none)."""
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module.bias is None and f"{name}.bias" in state:
-            module.bias = nn.Parameter(torch.zeros(module.out_features, device=module.weight.device))
-
-
 def load_quantized_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    """Strictly load ``state`` into a rebuilt twin (folded biases and low-rank compensations
-    re-created from the stored shapes first), naming the first mismatch."""
-    add_folded_biases(model, state)
-    restore_compensation(model, state)
+    """Strictly load ``state`` into a rebuilt twin, naming the first mismatch."""
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:

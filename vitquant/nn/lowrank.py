@@ -1,7 +1,7 @@
 """Low-rank compensation of a quantized linear layer (AIQViT AILoC; ``specs/aiqvit.md``).
 
-A ``QuantLinear`` may own a ``compensation`` module; the layer then computes, on its (quantized)
-input x̂ = Q_a(x), one of two forms:
+The compensation is a ``LinearBranch`` (kind ``lowrank``) in a ``QuantLinear``'s ``branch`` slot; the layer
+then computes, on its (quantized) input x̂ = Q_a(x), one of two forms:
 
 * ``merged=False`` (unmerged, the default): a full-precision branch beside the quantized weight::
 
@@ -25,25 +25,29 @@ leading columns. Alternatively a rank r_k ~ p is *sampled* for the step (``sampl
 mask is hard: m_j = [j < r_k] (nested ranks: the leading columns must work alone).
 ``select_rank`` keeps r* = r_argmax(α), folds a soft m into B (ΔW keeps the kept columns'
 contribution) and drops α; ``compact`` then truncates A and B to r* columns.
+
+A checkpoint restores it by itself (``from_state``: rank from the stored A, form and candidates from the extra
+state); checkpoints written before the branch slot kept it under ``compensation.`` and load too.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vitquant.errors import UserError
-
-if TYPE_CHECKING:
-    from vitquant.nn.linear import QuantLinear
+from vitquant.nn.linear import LinearBranch, QuantLinear
 
 
-class LowRankCompensation(nn.Module):
+@LinearBranch.register("lowrank")
+class LowRankCompensation(LinearBranch):
     """Factors A (rank × in), B (out × rank) and, while searching, the rank logits α."""
+
+    legacy_prefix = "compensation"
 
     def __init__(self, in_features: int, out_features: int, rank: int, candidates: Sequence[int] | None = None,
                  merged: bool = False, tau: float = 1.0, generator: torch.Generator | None = None) -> None:
@@ -135,18 +139,20 @@ class LowRankCompensation(nn.Module):
         """Parameters the unmerged branch adds: r·(in + out)."""
         return self.active * (self.A.shape[1] + self.B.shape[0])
 
+    def get_extra_state(self) -> dict[str, Any]:
+        return {**super().get_extra_state(), "merged": self.merged, "tau": self.tau, "active": self.active,
+                "candidates": list(self.candidates) if self.searching else []}
+
+    @classmethod
+    def from_state(cls, layer: QuantLinear, state: dict[str, Any], prefix: str) -> LowRankCompensation:
+        extra = state[prefix + "_extra_state"]
+        rank = int(state[prefix + "A"].shape[0])
+        branch = cls(layer.in_features, layer.out_features, rank, extra.get("candidates") or None,
+                     merged=extra.get("merged", False), tau=extra.get("tau", 1.0))
+        branch.active = int(extra.get("active", rank))
+        return branch
+
     def extra_repr(self) -> str:
         form = "merged" if self.merged else "unmerged"
         search = f", candidates={list(self.candidates)}" if self.searching else ""
         return f"rank={self.active}, {form}{search}"
-
-
-def restore_compensation(model: nn.Module, state: dict) -> None:
-    """Re-create the unmerged compensations a checkpoint holds (rank from the stored shape of A)."""
-    from vitquant.nn.linear import QuantLinear
-
-    for name, module in model.named_modules():
-        key = f"{name}.compensation.A" if name else "compensation.A"
-        if isinstance(module, QuantLinear) and module.compensation is None and key in state:
-            module.compensation = LowRankCompensation(module.in_features, module.out_features,
-                                                      int(state[key].shape[0])).to(module.weight.device)
