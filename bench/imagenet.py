@@ -7,6 +7,10 @@ process; its row holds the ``metrics.json`` keys: ``agree_top1`` (top-1 agreemen
 ``kl`` (mean KL(FP ‖ quantized), nats), ``logit_sqnr_db`` and ``calib_cpu_seconds`` (the child's own CPU
 time of calibration, one torch thread).
 
+QAT by distillation only (``--qat``: ``lsq`` and ``vvtq`` at W4A4, their own recipes, trained on the calibration
+part for ``--qat-epochs`` short epoch with the float model as teacher; no labels are used anywhere) gives rows
+of ``kind`` ``qat`` with the trained model's fidelity and ``init_agree_top1`` (after the LSQ initialisation).
+
 The grid (``CELLS``): every PTQ method at W4A4 and W6A6 (each under its own policy: fqvit and tsptq are fully
 quantized), W3A3 for repqvit, qdrop, isvit and aiqvit, and the fully quantized policy (``full``) at W8A8 and
 W4A4 for fqvit, ptq4vit and tsptq; seeds 0, 1, 2 (the calibration draw is random for every method).
@@ -20,6 +24,7 @@ each cell, with the papers' W4A4 orderings checked against whatever rows exist.
 
     python -m bench.imagenet                                  # every cell not yet in the JSON
     python -m bench.imagenet --methods minmax percentile --bits 4 --seeds 0
+    python -m bench.imagenet --qat --seeds 0 1 2              # lsq vs vvtq by distillation, W4A4
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from bench.imageset import DEFAULT_OUT, SHARED, generate
@@ -45,6 +51,9 @@ ROW_KEY = ("method", "policy", "w_bits", "a_bits", "seed", "budget")
 SEEDS = (0, 1, 2)
 RECONSTRUCTION = ("qdrop", "isvit", "aiqvit")
 METHODS = ("minmax", "percentile", "mse", "repqvit", "ptq4vit", "fqvit", "tsptq", "qdrop", "isvit", "aiqvit")
+QAT_METHODS = ("lsq", "vvtq")
+QAT_POLICY = "keep_ends_8bit"  # train.yaml's policy (QAT papers keep patch-embed and classifier at 8 bits)
+QAT_BATCH = 16  # images per step: 7 steps per epoch on the 112 calibration images
 OWN_POLICY = {"fqvit": "full", "tsptq": "full"}  # their configs switch to the fully quantized policy
 
 
@@ -89,7 +98,7 @@ def key(row: dict) -> tuple:
     return tuple(row.get(k) for k in ROW_KEY)
 
 
-def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, max_eval: int | None,
+def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, max_eval: int | None = None,
              recon_iters: int | None = None) -> dict:
     """One ``calibrate.py`` process; its ``metrics.json`` plus the cell's bookkeeping."""
     from hydra import compose, initialize_config_dir
@@ -114,6 +123,46 @@ def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, m
     return row
 
 
+def run_qat_cell(method: str, seed: int, imageset: Path, epochs: int, work: Path,
+                 max_eval: int | None = None) -> dict:
+    """One ``train.py`` process at W4A4 on the calibration part (distillation from the float model)."""
+    out = Path(tempfile.mkdtemp(dir=work))
+    cmd = [sys.executable, str(REPO / "train.py"), f"qat={method}", f"model={MODEL}", f"model.checkpoint={WEIGHTS}",
+           "data=coco128_objects", f"data.root={imageset}", "bits=4", f"seed={seed}", f"qat.epochs={epochs}",
+           f"qat.batch_size={QAT_BATCH}", "qat.num_workers=0", "task.num_workers=0", "task.batch_size=50",
+           "teacher=float", "logger=none", f"hydra.run.dir={out}",
+           *([f"task.max_eval_images={max_eval}"] if max_eval else [])]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    m = json.loads((out / "metrics.json").read_text())
+    keep = ("method", "policy", "w_bits", "a_bits", "seed", "agree_top1", "kl", "logit_sqnr_db", "init_agree_top1",
+            "train_cpu_seconds", "steps", "epochs")
+    return {**{k: m[k] for k in keep}, "kind": "qat", "budget": f"{epochs} epoch", "n_eval_images": m.get(
+        "n_eval_images") or max_eval}
+
+
+def qat_markdown(rows: list[dict]) -> list[str]:
+    """The QAT-by-distillation table (rows of kind ``qat``), mean ± std over seeds."""
+    qat = [r for r in rows if r.get("kind") == "qat"]
+    if not qat:
+        return []
+    lines = ["## QAT by distillation only (W4A4, float teacher, trained on the calibration part)", "",
+             "| method | policy | budget | steps | seeds | agree_top1 % after init | agree_top1 % | KL | SQNR dB "
+             "| train CPU s |", "|" + "---|" * 10]
+    by: dict[tuple, list[dict]] = {}
+    for r in qat:
+        by.setdefault((r["method"], r["policy"], r["budget"]), []).append(r)
+    for (method, policy, bud), g in sorted(by.items()):
+        lines.append(f"| {method} | {policy} | {bud} | {g[0]['steps']} | {len(g)} "
+                     f"| {mean_std([r['init_agree_top1'] for r in g], 1)} "
+                     f"| {mean_std([r['agree_top1'] for r in g], 1)} "
+                     f"| {mean_std([r['kl'] for r in g], 3)} | {mean_std([r['logit_sqnr_db'] for r in g], 1)} "
+                     f"| {mean_std([r['train_cpu_seconds'] for r in g], 0)} |")
+    return ["", *lines, ""]
+
+
 def mean_std(values: list[float], digits: int) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
@@ -123,7 +172,8 @@ def mean_std(values: list[float], digits: int) -> str:
 def groups(rows: list[dict]) -> dict[tuple, list[dict]]:
     out: dict[tuple, list[dict]] = {}
     for r in rows:
-        out.setdefault((r["policy"], r["method"], r["w_bits"], r["a_bits"], r["budget"]), []).append(r)
+        if r.get("kind") != "qat":
+            out.setdefault((r["policy"], r["method"], r["w_bits"], r["a_bits"], r["budget"]), []).append(r)
     return out
 
 
@@ -173,7 +223,7 @@ def write_markdown(rows: list[dict], path: Path) -> str:
                      f"| {mean_std([r['agree_top1'] for r in g], 1)} | {mean_std([r['kl'] for r in g], 3)} "
                      f"| {mean_std([r['logit_sqnr_db'] for r in g], 1)} "
                      f"| {mean_std([r['calib_cpu_seconds'] for r in g], 0)} |")
-    lines += ["", "## The papers' W4A4 orderings on this model", "", *claims_markdown(rows), ""]
+    lines += ["", "## The papers' W4A4 orderings on this model", "", *claims_markdown(rows), *qat_markdown(rows)]
     text = "\n".join(lines)
     write_text(path, text)
     return text
@@ -189,6 +239,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="fewer reconstruction iterations than the cpu budget's 200 (rows labelled cpu<N>it)")
     ap.add_argument("--recon-images", type=int, default=None,
                     help="at most this many calibration images for the reconstruction methods")
+    ap.add_argument("--qat", action="store_true", help="the QAT-by-distillation cells (lsq, vvtq) instead of PTQ")
+    ap.add_argument("--qat-epochs", type=int, default=1)
     ap.add_argument("--max-eval-images", type=int, default=None, help="evenly spaced subset of the eval part")
     ap.add_argument("--imageset", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -200,24 +252,35 @@ def main(argv: list[str] | None = None) -> None:
     json_path = args.out / "imagenet.json"
     rows = json.loads(json_path.read_text()) if json_path.exists() else []
     done = {key(r) for r in rows}
-    todo = [c for c in grid(args.methods, args.bits, args.seeds)
-            if (c.method, c.policy, c.bits, c.bits, c.seed, budget(c.method, args.full, args.recon_iters)) not in done]
+    jobs = []  # (row key, label, run(work folder) -> row)
+    if args.qat:
+        for method in QAT_METHODS:
+            for seed in args.seeds:
+                jobs.append(((method, QAT_POLICY, 4, 4, seed, f"{args.qat_epochs} epoch"), f"{method} W4A4 s{seed}",
+                             partial(run_qat_cell, method, seed, args.imageset, args.qat_epochs,
+                                     max_eval=args.max_eval_images)))
+    else:
+        for c in grid(args.methods, args.bits, args.seeds):
+            cap = args.recon_images if args.recon_images and c.method in RECONSTRUCTION else n_calib
+            jobs.append(((c.method, c.policy, c.bits, c.bits, c.seed, budget(c.method, args.full, args.recon_iters)),
+                         f"{c.method} {c.policy} W{c.bits}A{c.bits} s{c.seed}",
+                         partial(run_cell, c, args.imageset, min(cap, n_calib), args.full,
+                                 max_eval=args.max_eval_images, recon_iters=args.recon_iters)))
+    todo = [job for job in jobs if job[0] not in done]
     print(f"{len(todo)} cells to run ({len(done)} rows already in {json_path})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for cell in todo:
+        for _, label, run in todo:
             try:
-                cap = args.recon_images if args.recon_images and cell.method in RECONSTRUCTION else n_calib
-                row = run_cell(cell, args.imageset, min(cap, n_calib), args.full, Path(tmp), args.max_eval_images,
-                               args.recon_iters)
+                row = run(work=Path(tmp))
             except RuntimeError as e:
-                print(f"FAILED {cell}: {str(e)[-600:]}", flush=True)
+                print(f"FAILED {label}: {str(e)[-600:]}", flush=True)
                 continue
             rows.append(row)
             write_json(json_path, sorted(rows, key=key))
             write_markdown(rows, args.out / "imagenet.md")
-            print(f"{cell.method:10s} {cell.policy:7s} W{cell.bits}A{cell.bits} s{cell.seed}: agree "
-                  f"{row['agree_top1']:.1f}% KL {row['kl']:.3f} SQNR {row['logit_sqnr_db']:.1f} dB, calib "
-                  f"{row['calib_cpu_seconds']:.0f} CPU s", flush=True)
+            cpu = row.get("calib_cpu_seconds", row.get("train_cpu_seconds"))
+            print(f"{label}: agree {row['agree_top1']:.1f}% KL {row['kl']:.3f} SQNR {row['logit_sqnr_db']:.1f} dB, "
+                  f"{cpu:.0f} CPU s", flush=True)
     if rows:
         print(write_markdown(rows, args.out / "imagenet.md"))
 

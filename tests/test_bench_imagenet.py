@@ -43,9 +43,33 @@ def test_cells_already_in_the_json_are_skipped(tmp_path, monkeypatch, capsys):
     (tmp_path / "w.safetensors").write_bytes(b"")
     (tmp_path / "imagenet.json").write_text(json.dumps([row("minmax", 4, 1.0)]))
     ran = []
-    monkeypatch.setattr(bench, "run_cell", lambda cell, *a: ran.append(cell) or row(cell.method, cell.bits, 5.0,
+    monkeypatch.setattr(bench, "run_cell", lambda cell, *a, **k: ran.append(cell) or row(cell.method, cell.bits, 5.0,
                                                                                       cell.seed))
     main(["--methods", "minmax", "--seeds", "0", "--out", str(tmp_path)])
     assert ran == [Cell("minmax", 6, "default", 0)]
     assert len(json.loads((tmp_path / "imagenet.json").read_text())) == 2
     assert "1 rows already" in capsys.readouterr().out
+
+
+def test_qat_cells_run_lsq_and_vvtq_and_get_their_own_table(tmp_path, monkeypatch):
+    import bench.imagenet as bench
+
+    monkeypatch.setattr(bench, "generate", lambda *a, **k: {"images": {"calib": 112, "eval": 301}})
+    monkeypatch.setattr(bench, "WEIGHTS", tmp_path / "w.safetensors")
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    ran = []
+
+    def fake(method, seed, imageset, epochs, work, max_eval=None):
+        ran.append((method, seed))
+        return {"method": method, "policy": "keep_ends_8bit", "w_bits": 4, "a_bits": 4, "seed": seed,
+                "agree_top1": 40.0 + seed, "kl": 1.0, "logit_sqnr_db": 3.0, "init_agree_top1": 10.0,
+                "train_cpu_seconds": 100.0, "steps": 7, "epochs": epochs, "kind": "qat", "budget": f"{epochs} epoch",
+                "n_eval_images": 301}
+
+    monkeypatch.setattr(bench, "run_qat_cell", fake)
+    main(["--qat", "--seeds", "0", "1", "--out", str(tmp_path)])
+    main(["--qat", "--seeds", "0", "1", "--out", str(tmp_path)])  # nothing left to run
+    assert ran == [("lsq", 0), ("lsq", 1), ("vvtq", 0), ("vvtq", 1)]
+    text = (tmp_path / "imagenet.md").read_text()
+    assert "| lsq | keep_ends_8bit | 1 epoch | 7 | 2 | 10.0 ± 0.0 | 40.5 ± 0.7 | 1.000 ± 0.000 |" in text
+    assert "| default |" not in text  # QAT rows stay out of the PTQ table

@@ -97,3 +97,28 @@ def test_calibrate_and_evaluate_on_an_unlabeled_folder_report_fidelity_only(tmp_
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: image folder"), proc.stderr
     assert "holds no images" in lines[0] and not (tmp_path / "eval2").exists()
+
+
+def test_qat_on_an_unlabeled_folder_distills_and_scores_fidelity(tmp_path):
+    """train.py on unlabeled images: the float teacher gives the targets, every epoch is scored by agreement with
+    the float model; without a teacher there is nothing to learn from (one line, nothing written)."""
+    data = tmp_path / "photos"
+    write_images(data / "calib", [f"{i}.png" for i in range(8)], size=32)
+    write_images(data / "eval", [f"{i}.jpg" for i in range(5)], size=32)
+    save_file(VisionTransformer(img_size=32, patch_size=8, embed_dim=24, depth=1, num_heads=2,
+                                num_classes=10).state_dict(), str(tmp_path / "fp.safetensors"))
+    qat = [arg for arg in TINY if arg != "method=minmax"] + [
+        "qat=lsq", "data=cifar10", f"data.root={data}", "model.checkpoint=fp.safetensors", "qat.epochs=1",
+        "qat.batch_size=4", "qat.n_crops=1", "qat.num_workers=0", "device=cpu"]
+    proc = run("train.py", *qat, "hydra.run.dir=qat", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((tmp_path / "qat" / "metrics.json").read_text())
+    assert metrics["primary_metric"] == "agree_top1" and "top1" not in metrics and "fp_agree_top1" not in metrics
+    assert 0 <= metrics["agree_top1"] <= 100 and metrics["kl"] >= 0 and "init_agree_top1" in metrics
+    assert [sorted(k for k in row if k in ("agree_top1", "kl", "logit_sqnr_db")) for row in metrics["history"]] \
+        == [["agree_top1", "kl", "logit_sqnr_db"]] * 2
+
+    proc = run("train.py", *qat, "teacher=none", "hydra.run.dir=nolabels", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "teacher=none leaves no targets" in lines[0], proc.stderr
+    assert not (tmp_path / "nolabels").exists()

@@ -115,6 +115,26 @@ def optimizer_and_scheduler(model: nn.Module, q: DictConfig, steps_per_epoch: in
     return optimizer, scheduler
 
 
+def check_targets(cfg: DictConfig, task) -> None:
+    """Unlabeled data (the primary metric needs the float model) trains by distillation only: a teacher or
+    stored soft labels must give the targets."""
+    if task.primary_needs_reference and cfg.soft_labels.dir is None and cfg.teacher.name == "none":
+        raise UserError(f"data={cfg.data.name} has no labels, so QAT can only distill: teacher=none leaves no "
+                        "targets; use teacher=float (the default) or soft_labels.dir=<stored soft labels>")
+
+
+def epoch_score(task, device: torch.device, fp_model: nn.Module):
+    """``model -> {metric: value}`` over the task's metric keys: the score of every QAT epoch. On unlabeled data
+    they are fidelity to the float model (``agree_top1``, ``kl``, ``logit_sqnr_db``), so the float model runs
+    beside it; otherwise no reference is run."""
+    reference = fp_model if task.primary_needs_reference else None
+
+    def score(model: nn.Module) -> dict[str, float]:
+        out = task.evaluate(model, device, reference=reference)
+        return {k: out[k] for k in task.metric_keys}
+    return score
+
+
 def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
     """Train one QAT run (resuming from ``<out_dir>/resume.pt`` when present); nothing is written but
     the resume checkpoint."""
@@ -128,6 +148,7 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
     resuming = cfg.resume == "auto" and resume_path.is_file()
     barrier(dist)  # every rank decides before rank 0 can write a checkpoint
     task = build_task(cfg.task, cfg.model, cfg.data)
+    check_targets(cfg, task)
     fp_model = task.build_model().to(device)
     student, calib_ids = build_student(cfg, task, fp_model, resuming)
     resume_state = load_resume(resume_path) if resuming else None
@@ -144,8 +165,10 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
                           reg_weight=cfg.qat.reg.weight, reg_start=cfg.qat.reg.start,
                           teacher_topk=cfg.teacher.get("topk"), checkpoint_every_steps=cfg.qat.checkpoint_every_steps,
                           stop_after_steps=cfg.qat.stop_after_steps)
+    primary = task.primary_metric
+    score = epoch_score(task, device, fp_model)
     trainer = Trainer(model, teacher, loader, sampler, optimizer, scheduler, options, device, dist,
-                      lambda m: task.evaluate(m, device)["top1"], log_fn, out_dir / RESUME_FILE)
+                      score, log_fn, out_dir / RESUME_FILE)
     trainer.preemption = PreemptionSignal.arm()  # from here, Slurm's end-of-job signal saves at a step boundary
     try:
         extra: dict[str, Any] = {}
@@ -154,10 +177,9 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
             log.info("resumed from %s", resume_path)
         else:
             trainer.oscillation.update(student)  # remember the initial codes: step 1's flips count
-            if cfg.eval_fp and dist.is_main:
-                extra["fp_top1"] = task.evaluate(fp_model, device)["top1"]
-            trainer.position.history.append({"epoch": 0, "top1": task.evaluate(student, device)["top1"]}
-                                            if dist.is_main else {"epoch": 0})
+            if cfg.eval_fp and dist.is_main and not task.primary_needs_reference:  # vs itself: 100 %
+                extra[f"fp_{primary}"] = score(fp_model)[primary]
+            trainer.position.history.append({"epoch": 0, **score(student)} if dist.is_main else {"epoch": 0})
             trainer.position.history[0].update(extra)
             trainer.position.calib_ids = list(calib_ids)
             trainer.save()
@@ -171,8 +193,9 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
     digest = weights_digest(trainer.module, dist)
     metrics = {
         "task": cfg.task.name, **run_header(cfg), "qat": cfg.qat.name, "teacher": cfg.teacher.name,
-        "top1": history[-1].get("top1"),
-        "fp_top1": history[0].get("fp_top1"), "init_top1": history[0].get("top1"), "history": history,
+        **{k: history[-1].get(k) for k in task.metric_keys}, f"init_{primary}": history[0].get(primary),
+        **({} if task.primary_needs_reference else {f"fp_{primary}": history[0].get(f"fp_{primary}")}),
+        "history": history,
         "train_seconds": trainer.position.train_seconds,
         "train_cpu_seconds": trainer.position.train_cpu_seconds, "epochs": cfg.qat.epochs,
         "steps": trainer.position.step,
@@ -198,8 +221,9 @@ def run_training(cfg: DictConfig) -> dict[str, Any]:
         if is_main:
             save_run(out_dir, result.model, result.run_config, result.calib_ids, result.metrics, logger)
             logger.summary({k: v for k, v in result.metrics.items() if k != "history"})
-            log.info("%s: top-1 %.2f (FP %s) after %d epochs, %.0f s -> %s", name, result.metrics["top1"],
-                     result.metrics["fp_top1"], cfg.qat.epochs, result.metrics["train_seconds"], out_dir)
+            primary = result.metrics["primary_metric"]
+            log.info("%s: %s %.2f (FP %s) after %d epochs, %.0f s -> %s", name, primary, result.metrics[primary],
+                     result.metrics.get(f"fp_{primary}"), cfg.qat.epochs, result.metrics["train_seconds"], out_dir)
         return result.metrics
     finally:
         logger.finish()

@@ -71,7 +71,7 @@ class Trainer:
 
     def __init__(self, model: nn.Module, teacher: nn.Module | None, loader: DataLoader, sampler: ResumableSampler,
                  optimizer: torch.optim.Optimizer, scheduler: Any, options: LoopOptions, device: torch.device,
-                 dist: DistInfo, evaluate: Callable[[nn.Module], float], log_fn: Callable[[dict], None],
+                 dist: DistInfo, evaluate: Callable[[nn.Module], dict[str, float]], log_fn: Callable[[dict], None],
                  checkpoint_path: Path | None) -> None:
         self.model, self.teacher, self.loader, self.sampler = model, teacher, loader, sampler
         self.optimizer, self.scheduler, self.options = optimizer, scheduler, options
@@ -201,9 +201,9 @@ class Trainer:
     def end_epoch(self) -> None:
         pos, sums = self.position, self.epoch_sums
         n = max(sums.get("n", 0.0), 1.0)
-        top1 = self.evaluate(self.module) if self.dist.is_main else None
+        scores = self.evaluate(self.module) if self.dist.is_main else {}
         barrier(self.dist)
-        row = {"epoch": pos.epoch + 1, "step": pos.step, "top1": top1, "lr": sums.get("lr"),
+        row = {"epoch": pos.epoch + 1, "step": pos.step, **scores, "lr": sums.get("lr"),
                "oscillation_rate": self.oscillation.epoch_rate(), "train_seconds": pos.train_seconds,
                "train_cpu_seconds": pos.train_cpu_seconds,
                **{k: sums.get(k, 0.0) / n for k in ("loss", "task_loss", "reg_loss", "reg_weight")}}

@@ -39,11 +39,14 @@ class Task(ABC):
     ``compares_to_reference`` (``evaluate`` measures label-free fidelity against a float ``reference``,
     so evaluating a checkpoint builds the float model too). Instance
     attributes (set by ``__init__`` or as class attributes): ``metric_keys`` — the quality metrics
-    ``evaluate`` returns, primary first — and ``primary_metric`` (= ``metric_keys[0]``).
+    ``evaluate`` returns, primary first —, ``primary_metric`` (= ``metric_keys[0]``) and
+    ``primary_needs_reference`` (the primary metric exists only against the float ``reference``: label-free
+    data, where QAT's epoch scores and the final score are fidelity to the float model).
     """
 
     can_train: ClassVar[bool] = False
     compares_to_reference: ClassVar[bool] = False
+    primary_needs_reference: bool = False
     metric_keys: tuple[str, ...]
     primary_metric: str
 

@@ -88,6 +88,11 @@ class ClassificationTask(Task):
     def primary_metric(self) -> str:
         return self.metric_keys[0]
 
+    @property
+    def primary_needs_reference(self) -> bool:
+        """Unlabeled data: the primary metric (``agree_top1``) is measured against the float model."""
+        return not has_labels(self.data_cfg)
+
     @torch.no_grad()  # not inference_mode: quantizer buffers must stay usable by autograd later
     def evaluate(self, model: nn.Module, device: torch.device | str = "cpu",
                  reference: nn.Module | None = None) -> dict[str, float | int]:
