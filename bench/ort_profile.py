@@ -18,6 +18,8 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+from vitquant.export.onnx_runtime import session_options
+
 GEMM_OPS = frozenset({"MatMul", "Gemm", "FusedMatMul", "MatMulInteger", "MatMulIntegerToFloat", "QLinearMatMul",
                       "QGemm", "DynamicQuantizeMatMul"})
 
@@ -26,9 +28,7 @@ def op_times(path: str | Path, feed: dict, threads: int, runs: int = 2) -> dict[
     """Mean milliseconds per run spent in each op type, over ``runs`` profiled runs after a warm-up."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = session_options(threads)  # the sessions users and bench.speed run
     options.enable_profiling = True
     options.profile_file_prefix = str(Path(path).with_suffix("")) + "_profile"
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
