@@ -20,7 +20,7 @@ model: every method runs with its own config.
 
 Cells are resumable: a cell whose row is already in ``bench/results/imagenet.json`` is skipped, so the slow
 cells can be run later (``--methods isvit aiqvit``) and rows accumulate. ``imagenet.md`` is rewritten after
-each cell, with the papers' W4A4 orderings checked against whatever rows exist.
+each cell, with the papers' orderings (W4A4, W6A6) checked against whatever rows exist.
 
     python -m bench.imagenet                                  # every cell not yet in the JSON
     python -m bench.imagenet --methods minmax percentile --bits 4 --seeds 0
@@ -183,21 +183,33 @@ def mean_agree(rows: list[dict], method: str, bits: int, policy: str) -> float |
     return statistics.mean(values) if values else None
 
 
-# The papers' orderings (ImageNet top-1 at W4A4), checked here on agree_top1: (left, relation, right, policy).
+# The papers' orderings (ImageNet top-1, reported at W4A4 and W6A6), checked here on agree_top1:
+# (left, relation, right, policy).
 CLAIMS = [("isvit", ">", "repqvit", "default"), ("repqvit", ">", "ptq4vit", "default"),
           ("ptq4vit", ">", "percentile", "default"), ("aiqvit", ">=", "isvit", "default"),
           ("tsptq", ">=", "ptq4vit", "full")]
+CLAIM_BITS = (4, 6)
+COLLAPSED = 5.0  # % agreement: when both sides are below it, the model has collapsed and an ordering says nothing
+
+
+def verdict(a: float | None, rel: str, b: float | None) -> tuple[str, str]:
+    """(``a vs b``, holds?) for one claim at one bit-width; ``>=`` counts equal within a point."""
+    if a is None or b is None:
+        return "not measured yet", "—"
+    if a < COLLAPSED and b < COLLAPSED:
+        return f"{a:.1f} vs {b:.1f}", f"no signal (both < {COLLAPSED:g} %)"
+    holds = a > b if rel == ">" else a >= b - 1.0
+    return f"{a:.1f} vs {b:.1f}", "yes" if holds else "no"
 
 
 def claims_markdown(rows: list[dict]) -> list[str]:
-    lines = ["| claim (papers, ImageNet top-1, W4A4) | here (agree_top1, mean over seeds) | holds? |", "|---|---|---|"]
+    head = " | ".join(f"W{b}A{b} here (agree_top1, mean over seeds) | holds?" for b in CLAIM_BITS)
+    lines = [f"| claim (papers, ImageNet top-1) | {head} |", "|---|" + "---|---|" * len(CLAIM_BITS)]
     for left, rel, right, policy in CLAIMS:
-        a, b = mean_agree(rows, left, 4, policy), mean_agree(rows, right, 4, policy)
-        if a is None or b is None:
-            lines.append(f"| {left} {rel} {right} ({policy}) | not measured yet | — |")
-            continue
-        holds = a > b if rel == ">" else a >= b - 1.0  # ≥: equal within a point counts
-        lines.append(f"| {left} {rel} {right} ({policy}) | {a:.1f} vs {b:.1f} | {'yes' if holds else 'no'} |")
+        cells = [" | ".join(verdict(mean_agree(rows, left, b, policy), rel, mean_agree(rows, right, b, policy)))
+                 for b in CLAIM_BITS]
+        lines.append(f"| {left} {rel} {right} ({policy}) | {' | '.join(cells)} |")
+    lines += ["", "| claim (papers) | here | holds? |", "|---|---|---|"]
     for method in ("fqvit", "ptq4vit", "tsptq"):
         a = mean_agree(rows, method, 8, "full")
         text = "not measured yet" if a is None else f"{a:.1f}% agreement"
@@ -223,7 +235,7 @@ def write_markdown(rows: list[dict], path: Path) -> str:
                      f"| {mean_std([r['agree_top1'] for r in g], 1)} | {mean_std([r['kl'] for r in g], 3)} "
                      f"| {mean_std([r['logit_sqnr_db'] for r in g], 1)} "
                      f"| {mean_std([r['calib_cpu_seconds'] for r in g], 0)} |")
-    lines += ["", "## The papers' W4A4 orderings on this model", "", *claims_markdown(rows), *qat_markdown(rows)]
+    lines += ["", "## The papers' orderings on this model", "", *claims_markdown(rows), *qat_markdown(rows)]
     text = "\n".join(lines)
     write_text(path, text)
     return text

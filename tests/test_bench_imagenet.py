@@ -26,13 +26,17 @@ def row(method: str, bits: int, agree: float, seed: int = 0, policy: str = "defa
 
 def test_table_aggregates_seeds_and_checks_the_orderings(tmp_path):
     rows = [row("repqvit", 4, 30.0), row("repqvit", 4, 34.0, seed=1), row("percentile", 4, 2.0),
-            row("ptq4vit", 4, 10.0), row("fqvit", 8, 99.5, policy="full")]
+            row("ptq4vit", 4, 10.0), row("fqvit", 8, 99.5, policy="full"), row("ptq4vit", 6, 40.0),
+            row("percentile", 6, 45.0)]
     text = write_markdown(rows, tmp_path / "imagenet.md")
     assert "| default | repqvit | W4A4 | official | 32 | 2 | 32.0 ± 2.8 |" in text
-    assert "| repqvit > ptq4vit (default) | 32.0 vs 10.0 | yes |" in text
-    assert "| isvit > repqvit (default) | not measured yet | — |" in text
+    assert "| repqvit > ptq4vit (default) | 32.0 vs 10.0 | yes | not measured yet | — |" in text
+    assert "| ptq4vit > percentile (default) | 10.0 vs 2.0 | yes | 40.0 vs 45.0 | no |" in text
+    assert "| isvit > repqvit (default) | not measured yet | — | not measured yet | — |" in text
     assert "| fqvit full W8A8 within ~1 point of FP | 99.5% agreement | yes |" in text
     assert key(rows[0]) != key(rows[1])
+    collapsed = write_markdown([row("ptq4vit", 4, 0.3), row("percentile", 4, 1.0)], tmp_path / "c.md")
+    assert "| ptq4vit > percentile (default) | 0.3 vs 1.0 | no signal (both < 5 %) |" in collapsed
 
 
 def test_cells_already_in_the_json_are_skipped(tmp_path, monkeypatch, capsys):
