@@ -219,7 +219,7 @@ def claims_markdown(rows: list[dict]) -> list[str]:
 
 
 def write_markdown(rows: list[dict], path: Path) -> str:
-    n_eval = sorted({r["n_eval_images"] for r in rows})
+    n_eval = sorted({r["n_eval_images"] for r in rows if r.get("kind") != "qat"})
     lines = ["# PTQ on a real ImageNet ViT (ViT-Ti/16 AugReg in21k→in1k), label-free", "",
              f"Evaluation: {', '.join(map(str, n_eval))} COCO128 object crops (`data=coco128_objects`, eval part); "
              "calibration on the disjoint calib part. `agree_top1`: % of images where the quantized model predicts "

@@ -77,3 +77,15 @@ def test_qat_cells_run_lsq_and_vvtq_and_get_their_own_table(tmp_path, monkeypatc
     text = (tmp_path / "imagenet.md").read_text()
     assert "| lsq | keep_ends_8bit | 1 epoch | 7 | 2 | 10.0 ± 0.0 | 40.5 ± 0.7 | 1.000 ± 0.000 |" in text
     assert "| default |" not in text  # QAT rows stay out of the PTQ table
+
+
+def test_markdown_header_counts_only_the_ptq_evaluations(tmp_path):
+    """The PTQ table's header names its evaluation set; a QAT row (from train.py) does not enter it."""
+    ptq = {"method": "minmax", "policy": "default", "w_bits": 6, "a_bits": 6, "seed": 0, "budget": "official",
+           "n_calib": 32, "agree_top1": 35.0, "kl": 1.3, "logit_sqnr_db": 3.4, "calib_cpu_seconds": 5.0,
+           "n_eval_images": 301}
+    qat = {"method": "lsq", "policy": "keep_ends_8bit", "w_bits": 4, "a_bits": 4, "seed": 0, "agree_top1": 2.0,
+           "kl": 5.0, "logit_sqnr_db": -1.0, "init_agree_top1": 0.0, "train_cpu_seconds": 250.0, "steps": 7,
+           "epochs": 1, "kind": "qat", "budget": "1 epoch", "n_eval_images": None}
+    text = write_markdown([ptq, qat], tmp_path / "imagenet.md")
+    assert "Evaluation: 301 COCO128 object crops" in text and "| lsq | keep_ends_8bit | 1 epoch |" in text

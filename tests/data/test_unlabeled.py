@@ -115,6 +115,7 @@ def test_qat_on_an_unlabeled_folder_distills_and_scores_fidelity(tmp_path):
     metrics = json.loads((tmp_path / "qat" / "metrics.json").read_text())
     assert metrics["primary_metric"] == "agree_top1" and "top1" not in metrics and "fp_agree_top1" not in metrics
     assert 0 <= metrics["agree_top1"] <= 100 and metrics["kl"] >= 0 and "init_agree_top1" in metrics
+    assert metrics["n_eval_images"] == 5  # counted, not the max_eval_images option (unset here)
     assert [sorted(k for k in row if k in ("agree_top1", "kl", "logit_sqnr_db")) for row in metrics["history"]] \
         == [["agree_top1", "kl", "logit_sqnr_db"]] * 2
 

@@ -126,12 +126,14 @@ def check_targets(cfg: DictConfig, task) -> None:
 def epoch_score(task, device: torch.device, fp_model: nn.Module):
     """``model -> {metric: value}`` over the task's metric keys: the score of every QAT epoch. On unlabeled data
     they are fidelity to the float model (``agree_top1``, ``kl``, ``logit_sqnr_db``), so the float model runs
-    beside it; otherwise no reference is run."""
+    beside it; otherwise no reference is run. ``n_images`` (how many images were scored) rides along where the
+    task counts them."""
     reference = fp_model if task.primary_needs_reference else None
 
     def score(model: nn.Module) -> dict[str, float]:
         out = task.evaluate(model, device, reference=reference)
-        return {k: out[k] for k in task.metric_keys}
+        counted = {"n_images": out["n_images"]} if "n_images" in out else {}  # metrics.json's n_eval_images
+        return {**{k: out[k] for k in task.metric_keys}, **counted}
     return score
 
 
@@ -199,7 +201,8 @@ def fit(cfg: DictConfig, logger: RunLogger | None = None) -> TrainResult:
         "train_seconds": trainer.position.train_seconds,
         "train_cpu_seconds": trainer.position.train_cpu_seconds, "epochs": cfg.qat.epochs,
         "steps": trainer.position.step,
-        "oscillation_rate": history[-1].get("oscillation_rate"), "n_eval_images": max_eval, "seed": cfg.seed,
+        "oscillation_rate": history[-1].get("oscillation_rate"),
+        "n_eval_images": history[-1].get("n_images", max_eval), "seed": cfg.seed,
         "device": str(device), "world_size": dist.world, "init": cfg.init, "primary_metric": task.primary_metric,
         "resumed_at_steps": trainer.position.resumed_at, "weights_sha256": digest,
     }
