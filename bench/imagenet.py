@@ -31,10 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -94,6 +96,16 @@ def recon_overrides(method: str, full: bool, recon_iters: int | None) -> list[st
     return [o for o in kept if not (its and o.startswith("method.iters"))] + its
 
 
+def cpu_model() -> str:
+    """The CPU's model name: float results move in the last digits between CPUs (and so, near a decision
+    boundary, a few images' predictions), so every row says where it ran."""
+    info = Path("/proc/cpuinfo")
+    for line in info.read_text().splitlines() if info.exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def key(row: dict) -> tuple:
     return tuple(row.get(k) for k in ROW_KEY)
 
@@ -119,7 +131,7 @@ def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, m
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     row = json.loads((out / "metrics.json").read_text())
-    row.update(budget=budget(cell.method, full, recon_iters), method_n_calib=own)
+    row.update(budget=budget(cell.method, full, recon_iters), method_n_calib=own, cpu=cpu_model())
     return row
 
 
@@ -140,7 +152,7 @@ def run_qat_cell(method: str, seed: int, imageset: Path, epochs: int, work: Path
     keep = ("method", "policy", "w_bits", "a_bits", "seed", "agree_top1", "kl", "logit_sqnr_db", "init_agree_top1",
             "train_cpu_seconds", "steps", "epochs")
     return {**{k: m[k] for k in keep}, "kind": "qat", "budget": f"{epochs} epoch", "n_eval_images": m.get(
-        "n_eval_images") or max_eval}
+        "n_eval_images") or max_eval, "cpu": cpu_model()}
 
 
 def qat_markdown(rows: list[dict]) -> list[str]:
@@ -235,6 +247,9 @@ def write_markdown(rows: list[dict], path: Path) -> str:
                      f"| {mean_std([r['agree_top1'] for r in g], 1)} | {mean_std([r['kl'] for r in g], 3)} "
                      f"| {mean_std([r['logit_sqnr_db'] for r in g], 1)} "
                      f"| {mean_std([r['calib_cpu_seconds'] for r in g], 0)} |")
+    cpus = Counter(r.get("cpu", "not recorded") for r in rows)
+    lines += ["", "Rows per CPU (same-seed results move by a few images between CPUs): "
+              + "; ".join(f"{name}: {n}" for name, n in sorted(cpus.items())) + "."]
     lines += ["", "## The papers' orderings on this model", "", *claims_markdown(rows), *qat_markdown(rows)]
     text = "\n".join(lines)
     write_text(path, text)

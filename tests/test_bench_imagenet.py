@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from bench.imagenet import METHODS, Cell, grid, key, main, write_markdown
+from bench.imagenet import METHODS, Cell, cpu_model, grid, key, main, write_markdown
 
 
 def test_grid_has_every_method_at_w4_w6_and_the_extra_cells():
@@ -89,3 +89,14 @@ def test_markdown_header_counts_only_the_ptq_evaluations(tmp_path):
            "epochs": 1, "kind": "qat", "budget": "1 epoch", "n_eval_images": None}
     text = write_markdown([ptq, qat], tmp_path / "imagenet.md")
     assert "Evaluation: 301 COCO128 object crops" in text and "| lsq | keep_ends_8bit | 1 epoch |" in text
+
+
+def test_markdown_counts_rows_per_cpu(tmp_path):
+    """Same-seed results move between CPUs, so the table says how many rows ran where (older rows: not recorded)."""
+    row = {"method": "minmax", "policy": "default", "w_bits": 6, "a_bits": 6, "seed": 0, "budget": "official",
+           "n_calib": 32, "agree_top1": 35.0, "kl": 1.3, "logit_sqnr_db": 3.4, "calib_cpu_seconds": 5.0,
+           "n_eval_images": 301}
+    rows = [{**row, "cpu": "CPU A"}, {**row, "seed": 1, "cpu": "CPU A"}, {**row, "seed": 2}]
+    text = write_markdown(rows, tmp_path / "imagenet.md")
+    assert "Rows per CPU (same-seed results move by a few images between CPUs): CPU A: 2; not recorded: 1." in text
+    assert cpu_model()
