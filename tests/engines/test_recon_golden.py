@@ -9,7 +9,8 @@ was produced: the same torch build, CPU dispatch level, CPU model and the ISA fl
 (AMX, VNNI, BF16; torch's dispatch level says "AVX512" for CPUs with and without them). There the state
 must be equal; elsewhere it must agree to 1e-4 relative (a refactoring bug moves results by far more).
 The checked-in file records only torch's version and dispatch level, so it is compared at 1e-4: on a
-second "AVX512" Xeon, the very commit that wrote it (e86bd75) differs from it by up to 1.3e-6 relative.
+second "AVX512" Xeon, the commit that added it (e86bd75, bit-identical where it was written) differs
+from it by up to 1.3e-6 relative.
 Rewrite the file only on purpose, for a change that is meant to alter results:
 
     VITQUANT_WRITE_GOLDEN=1 pytest tests/engines/test_recon_golden.py
