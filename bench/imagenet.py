@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from functools import partial
 from pathlib import Path
 
 from bench.imageset import DEFAULT_OUT, SHARED, generate
+from bench.machine import cpu_name_and_flags
 from bench.plan import CPU_RECON
 from vitquant.io.atomic import write_json, write_text
 
@@ -96,16 +96,6 @@ def recon_overrides(method: str, full: bool, recon_iters: int | None) -> list[st
     return [o for o in kept if not (its and o.startswith("method.iters"))] + its
 
 
-def cpu_model() -> str:
-    """The CPU's model name: float results move in the last digits between CPUs (and so, near a decision
-    boundary, a few images' predictions), so every row says where it ran."""
-    info = Path("/proc/cpuinfo")
-    for line in info.read_text().splitlines() if info.exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def key(row: dict) -> tuple:
     return tuple(row.get(k) for k in ROW_KEY)
 
@@ -131,7 +121,7 @@ def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, m
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     row = json.loads((out / "metrics.json").read_text())
-    row.update(budget=budget(cell.method, full, recon_iters), method_n_calib=own, cpu=cpu_model())
+    row.update(budget=budget(cell.method, full, recon_iters), method_n_calib=own, cpu=cpu_name_and_flags()[0])
     return row
 
 
@@ -152,7 +142,7 @@ def run_qat_cell(method: str, seed: int, imageset: Path, epochs: int, work: Path
     keep = ("method", "policy", "w_bits", "a_bits", "seed", "agree_top1", "kl", "logit_sqnr_db", "init_agree_top1",
             "train_cpu_seconds", "steps", "epochs")
     return {**{k: m[k] for k in keep}, "kind": "qat", "budget": f"{epochs} epoch", "n_eval_images": m.get(
-        "n_eval_images") or max_eval, "cpu": cpu_model()}
+        "n_eval_images") or max_eval, "cpu": cpu_name_and_flags()[0]}
 
 
 def qat_markdown(rows: list[dict]) -> list[str]:

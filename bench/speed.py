@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+from bench.machine import cpu_name_and_flags
 from bench.ort_profile import amdahl_bound, gemm_fraction, op_times
 from bench.references import reference_checkpoint
 from vitquant.cli import CONF_DIR
@@ -49,16 +49,8 @@ ISA_FLAGS = (("amx_int8", "AMX"), ("avx512_vnni", "AVX512-VNNI"), ("avx_vnni", "
 
 
 def cpu_info() -> dict[str, str]:
-    """CPU model name and its best int8 dot-product instruction set, from /proc/cpuinfo."""
-    name, flags = platform.processor() or "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and name in ("unknown", platform.processor()):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
+    """CPU model name and its best int8 dot-product instruction set."""
+    name, flags = cpu_name_and_flags()
     isa = next((label for flag, label in ISA_FLAGS if flag in flags), "none")
     return {"cpu": name, "int8_isa": isa, "int8_isa_flags": sorted(f for f, _ in ISA_FLAGS if f in flags)}
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import json
 
-from bench.imagenet import METHODS, Cell, cpu_model, grid, key, main, write_markdown
+from bench.imagenet import METHODS, Cell, grid, key, main, write_markdown
+from bench.machine import cpu_name_and_flags
 
 
 def test_grid_has_every_method_at_w4_w6_and_the_extra_cells():
@@ -99,4 +100,4 @@ def test_markdown_counts_rows_per_cpu(tmp_path):
     rows = [{**row, "cpu": "CPU A"}, {**row, "seed": 1, "cpu": "CPU A"}, {**row, "seed": 2}]
     text = write_markdown(rows, tmp_path / "imagenet.md")
     assert "Rows per CPU (same-seed results move by a few images between CPUs): CPU A: 2; not recorded: 1." in text
-    assert cpu_model()
+    assert cpu_name_and_flags()[0]

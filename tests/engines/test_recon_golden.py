@@ -25,6 +25,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from timm.models.vision_transformer import VisionTransformer
 
+from bench.machine import cpu_name_and_flags
 from vitquant.cli import CONF_DIR
 from vitquant.config import bit_widths
 from vitquant.engines.context import CalibContext
@@ -44,12 +45,10 @@ ISA_FLAGS = {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16", "
 def platform() -> dict[str, str]:
     """What float results are bit-identical across: torch's full build, its dispatch level, the CPU model
     and the ISA flags oneDNN picks kernels by (``/proc/cpuinfo``; empty elsewhere)."""
-    info = Path("/proc/cpuinfo")
-    lines = info.read_text().splitlines() if info.exists() else []
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines) if k.strip()}
-    isa = sorted(ISA_FLAGS & set(fields.get("flags", "").split()))
+    name, flags = cpu_name_and_flags()
+    isa = sorted(ISA_FLAGS & flags)
     return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
-            "cpu_model": fields.get("model name", ""), "isa": " ".join(isa)}
+            "cpu_model": name, "isa": " ".join(isa)}
 
 
 def calibrated_state(method: str) -> dict[str, torch.Tensor]:
