@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+ISA_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
 RESULTS = REPO / "bench" / "results"
 SHARED = Path(os.environ.get("VITQUANT_SHARED", REPO.parent / "shared")).resolve()
 MODEL = ["model=vit_small", "model.arch=vit_tiny_patch16_224.augreg_in21k_ft_in1k",
@@ -59,9 +60,12 @@ def setup(cfg):
 
     from vitquant.config import bit_widths
     from vitquant.models.quantize import quantized_twin
-    from vitquant.pipelines.common import build_recipe
     from vitquant.runtime import seed_everything
-    from vitquant.tasks.base import build_task
+    try:
+        from vitquant.pipelines.common import build_recipe
+        from vitquant.tasks.base import build_task
+    except ImportError:  # a baseline tree before issue #21 moved them out of vitquant.ptq
+        from vitquant.ptq import build_recipe, build_task
     torch.set_num_threads(1)
     seed_everything(cfg.seed)
     task = build_task(cfg.task, cfg.model, cfg.data)
@@ -284,8 +288,11 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if args.base is None:
         parser.error("--base is required")
+    from bench.machine import cpu_name_and_flags  # the parent's own; a child's tree (the baseline) may predate it
     trees = {"base": args.base.resolve(), "new": REPO}
+    cpu, flags = cpu_name_and_flags()
     res: dict = {"base_commit": git_head(trees["base"]), "commit": git_head(REPO), "block": args.block,
+                 "cpu": cpu, "cpu_isa": sorted(flags & ISA_FLAGS),
                  "batch": args.batch, "target_iters": args.target_iters, "iteration": {}, "whole": []}
     memory_argv = ["--child", "memory", "--block", str(args.block), "--batch", str(args.batch),
                    "--iters", str(args.memory_iters)]
@@ -315,6 +322,9 @@ def main(argv: list[str] | None = None) -> dict:
 def markdown(res: dict) -> str:
     lines = [f"# Block reconstruction speed: ViT-T (ImageNet, timm `vit_tiny_patch16_224`) at 224 px, "
              f"I&S-ViT W4A4, block {res['block']}, batch {res['batch']}, 1 thread, process CPU time", "",
+             f"CPU: {res.get('cpu', 'not recorded')} "
+             f"({', '.join(res.get('cpu_isa', [])) or 'ISA flags not recorded'}).",
+             "",
              f"Baseline `{res['base_commit']}`, this tree `{res['commit']}`. Ratios are against the same block's "
              "float forward + backward on the same batch, measured in the same process.", ""]
     if res["iteration"]:
@@ -339,7 +349,11 @@ def markdown(res: dict) -> str:
         lines += [f"| {w['tree']} | {w['images']} | {w['iters']} | {w['calib_cpu_s']:.0f} | {w['process_cpu_s']:.0f} "
                   f"| {w['peak_rss_mb']:.0f} | {w['agree_top1']:.1f} ({w['n_eval']}) | {w['state_checksum']:.6f} |"
                   for w in res["whole"]]
-    if res.get("whole_estimate"):
+    measured = {w["tree"]: w["calib_cpu_s"] for w in res["whole"] if w["iters"] == res["target_iters"]}
+    if measured:
+        lines += ["", f"Calibration CPU minutes at {res['target_iters']} iterations, measured: " + ", ".join(
+            f"{tree} {sec / 60:.1f}" for tree, sec in measured.items())]
+    elif res.get("whole_estimate"):
         lines += ["", f"Calibration CPU minutes extrapolated to {res['target_iters']} iterations (the run's own CPU "
                   "time + the further iterations at the engine's measured cost per block iteration, 12 blocks × "
                   "2 stages; patch-embed and head iterations left out): " + ", ".join(
