@@ -9,6 +9,10 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+# The ISA extensions oneDNN picks float kernels by, beyond torch's own dispatch level ("AVX2", "AVX512").
+KERNEL_ISA_FLAGS = frozenset({"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512_vnni",
+                              "avx_vnni"})
+
 
 def cpu_name_and_flags() -> tuple[str, set[str]]:
     """(model name, ISA flags) of the first CPU; ``platform.processor()`` and no flags where there is no cpuinfo."""
@@ -24,3 +28,10 @@ def cpu_name_and_flags() -> tuple[str, set[str]]:
         elif key.strip() == "flags" and not flags:
             flags = set(value.split())
     return name or platform.processor() or platform.machine() or "unknown", flags
+
+
+def cpu_name_and_kernel_isa() -> tuple[str, list[str]]:
+    """(model name, the sorted :data:`KERNEL_ISA_FLAGS` it has): what a float result's last digits depend on,
+    with torch's build and dispatch level."""
+    name, flags = cpu_name_and_flags()
+    return name, sorted(KERNEL_ISA_FLAGS & flags)

@@ -35,7 +35,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-ISA_FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
 RESULTS = REPO / "bench" / "results"
 SHARED = Path(os.environ.get("VITQUANT_SHARED", REPO.parent / "shared")).resolve()
 MODEL = ["model=vit_small", "model.arch=vit_tiny_patch16_224.augreg_in21k_ft_in1k",
@@ -288,11 +287,11 @@ def main(argv: list[str] | None = None) -> dict:
         return {}
     if args.base is None:
         parser.error("--base is required")
-    from bench.machine import cpu_name_and_flags  # the parent's own; a child's tree (the baseline) may predate it
+    from bench.machine import cpu_name_and_kernel_isa  # the parent's own; a child's tree (the baseline) may predate it
     trees = {"base": args.base.resolve(), "new": REPO}
-    cpu, flags = cpu_name_and_flags()
+    cpu, isa = cpu_name_and_kernel_isa()
     res: dict = {"base_commit": git_head(trees["base"]), "commit": git_head(REPO), "block": args.block,
-                 "cpu": cpu, "cpu_isa": sorted(flags & ISA_FLAGS),
+                 "cpu": cpu, "cpu_isa": isa,
                  "batch": args.batch, "target_iters": args.target_iters, "iteration": {}, "whole": []}
     memory_argv = ["--child", "memory", "--block", str(args.block), "--batch", str(args.batch),
                    "--iters", str(args.memory_iters)]

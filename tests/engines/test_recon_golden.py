@@ -25,7 +25,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from timm.models.vision_transformer import VisionTransformer
 
-from bench.machine import cpu_name_and_flags
+from bench.machine import cpu_name_and_kernel_isa
 from vitquant.cli import CONF_DIR
 from vitquant.config import bit_widths
 from vitquant.engines.context import CalibContext
@@ -39,14 +39,10 @@ METHODS = {"isvit": ["method.init_images=8"], "qdrop": [],
            "aiqvit": ["method.init_images=8", "method.rank_candidates=[0,2,4]"]}
 
 
-ISA_FLAGS = {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_fp16", "avx512_vnni", "avx_vnni"}
-
-
 def platform() -> dict[str, str]:
     """What float results are bit-identical across: torch's full build, its dispatch level, the CPU model
     and the ISA flags oneDNN picks kernels by (``/proc/cpuinfo``; empty elsewhere)."""
-    name, flags = cpu_name_and_flags()
-    isa = sorted(ISA_FLAGS & flags)
+    name, isa = cpu_name_and_kernel_isa()
     return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(),
             "cpu_model": name, "isa": " ".join(isa)}
 
