@@ -26,19 +26,24 @@ def wait_for(pattern: str, root, proc: subprocess.Popen, timeout: float = 120):
 
 def skip_requeue_delay(ids: list[str], proc: subprocess.Popen, timeout: float = 60) -> None:
     """Slurm makes a requeued job eligible 121 s after the requeue; start it sooner (saves CI two minutes).
-    Not at once: slurmd refuses to relaunch a job it killed a moment ago ("already killed"); 5 s were enough."""
+    Not at once: slurmd refuses to relaunch a job it killed a moment ago ("already killed") and holds it
+    ("launch failed requeued held"); 5 s were usually enough, and a held job is released and asked again.
+    Returns once the job runs again (or has left the queue)."""
     deadline = time.monotonic() + timeout
     requeued = None
     while time.monotonic() < deadline:
-        reasons = subprocess.run(["squeue", "-h", "-o", "%r", "-j", ",".join(ids)], capture_output=True,
-                                 text=True).stdout.split()
-        if reasons == ["BeginTime"]:
+        rows = subprocess.run(["squeue", "-h", "-o", "%T|%r", "-j", ",".join(ids)], capture_output=True,
+                              text=True).stdout.splitlines()
+        state, _, reason = (rows[0] if rows else "GONE|").partition("|")
+        if state == "PENDING":
             requeued = requeued or time.monotonic()
-            if time.monotonic() - requeued > 8:
+            if "held" in reason.lower():
+                subprocess.run(["scontrol", "release", ids[0]], check=False)
+            elif reason == "BeginTime" and time.monotonic() - requeued > 8:
                 subprocess.run(["scontrol", "update", f"JobId={ids[0]}", "StartTime=now"], check=True)
                 requeued = time.monotonic() - 4  # if it is still pending, ask again in 4 s
-        elif requeued is not None:
-            return  # started
+        elif requeued is not None and state in ("RUNNING", "COMPLETING", "COMPLETED", "GONE"):
+            return  # started again
         assert proc.poll() is None, f"{proc.args} ended before the requeue:\n{proc.communicate()[0][-3000:]}"
         time.sleep(0.5)
     raise AssertionError(f"job {ids} was not requeued and restarted within {timeout} s")
