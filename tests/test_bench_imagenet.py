@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from bench.imagenet import METHODS, Cell, grid, key, main, write_markdown
+from bench.imagenet import METHODS, Cell, grid, key, main, verdict, write_markdown
 from bench.machine import cpu_name_and_flags
 
 
@@ -13,8 +13,8 @@ def test_grid_has_every_method_at_w4_w6_and_the_extra_cells():
     own = {"fqvit": "full", "tsptq": "full"}
     assert all((m, b, own.get(m, "default")) in by for m in METHODS for b in (4, 6))
     assert {m for m, b, _ in by if b == 3} == {"repqvit", "qdrop", "isvit", "aiqvit"}
-    assert {(m, b) for m, b, p in by if p == "full" and b in (4, 8)} == \
-        {(m, b) for m in ("fqvit", "ptq4vit", "tsptq") for b in (4, 8)}
+    assert {(m, b) for m, b, p in by if p == "full"} == \
+        {(m, b) for m in ("fqvit", "ptq4vit", "tsptq") for b in (4, 6, 8)}
     assert len(cells) == 3 * len(by) and Cell("isvit", 3, "default", 2) in cells
     assert grid(["repqvit"], [4], [0]) == [Cell("repqvit", 4, "default", 0)]
 
@@ -31,13 +31,24 @@ def test_table_aggregates_seeds_and_checks_the_orderings(tmp_path):
             row("percentile", 6, 45.0)]
     text = write_markdown(rows, tmp_path / "imagenet.md")
     assert "| default | repqvit | W4A4 | official | 32 | 2 | 32.0 ± 2.8 |" in text
-    assert "| repqvit > ptq4vit (default) | 32.0 vs 10.0 | yes | not measured yet | — |" in text
+    assert "| repqvit > ptq4vit (default) | 32.0 ± 2.8 vs 10.0 | yes | not measured yet | — |" in text
     assert "| ptq4vit > percentile (default) | 10.0 vs 2.0 | yes | 40.0 vs 45.0 | no |" in text
     assert "| isvit > repqvit (default) | not measured yet | — | not measured yet | — |" in text
-    assert "| fqvit full W8A8 within ~1 point of FP | 99.5% agreement | yes |" in text
+    assert "| fqvit full W8A8 within ~1 point of FP | 99.5 % agreement | yes |" in text
     assert key(rows[0]) != key(rows[1])
     collapsed = write_markdown([row("ptq4vit", 4, 0.3), row("percentile", 4, 1.0)], tmp_path / "c.md")
     assert "| ptq4vit > percentile (default) | 0.3 vs 1.0 | no signal (both < 5 %) |" in collapsed
+
+
+def test_an_ordering_within_the_seed_spread_is_a_tie():
+    """52.8 ± 0.7 vs 51.5 ± 2.3 (repqvit vs ptq4vit, W6A6 on the real ViT-Ti): the means differ by less than the
+    seeds' spread √(0.7² + 2.3²) ≈ 2.4, so the seeds cannot order the two; a gap beyond the spread does."""
+    assert verdict([52.0, 53.0, 53.4], ">", [54.2, 50.2, 50.2]) == \
+        ("52.8 ± 0.7 vs 51.5 ± 2.3", "tie (within the seed spread)")
+    assert verdict([56.0, 57.0], ">", [52.0, 53.0])[1] == "yes"
+    assert verdict([52.0, 53.0], ">", [56.0, 57.0])[1] == "no"
+    assert verdict([48.0, 52.0], ">=", [51.0, 53.0])[1] == "yes"  # d = −2 within the spread of 2.5
+    assert verdict([40.0], ">=", [45.0])[1] == "no"
 
 
 def test_cells_already_in_the_json_are_skipped(tmp_path, monkeypatch, capsys):
