@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from bench.imagenet import METHODS, Cell, grid, key, main, verdict, write_markdown
+from bench.imagenet import METHODS, Cell, agree_values, grid, key, main, verdict, write_markdown
 from bench.machine import cpu_name_and_flags
 
 
@@ -112,3 +112,12 @@ def test_markdown_counts_rows_per_cpu(tmp_path):
     text = write_markdown(rows, tmp_path / "imagenet.md")
     assert "Rows per CPU (same-seed results move by a few images between CPUs): CPU A: 2; not recorded: 1." in text
     assert cpu_name_and_flags()[0]
+
+
+def test_claims_use_the_largest_budget_of_a_cell():
+    """A cell run at two budgets (cpu50it on CPU, then official on a GPU) is judged on the larger one alone."""
+    small = [{**row("isvit", 4, 18.0, seed=s), "budget": "cpu50it"} for s in (0, 1)]
+    rows = [*small, row("isvit", 4, 60.0), {**row("isvit", 4, 30.0), "budget": "cpu"}]
+    assert agree_values(rows, "isvit", 4, "default") == [60.0]
+    assert agree_values(rows[:2], "isvit", 4, "default") == [18.0, 18.0]
+    assert agree_values(rows, "qdrop", 4, "default") == []
