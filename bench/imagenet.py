@@ -291,7 +291,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if not WEIGHTS.is_file():
-        sys.exit(f"error: {WEIGHTS} not found; set VITQUANT_SHARED to the folder holding models/")
+        print(f"error: {WEIGHTS} not found; set VITQUANT_SHARED to the folder holding models/", file=sys.stderr)
+        raise SystemExit(2)
     manifest = generate(SHARED / "data" / "coco128", args.imageset)
     n_calib = manifest["images"]["calib"]
     json_path = args.out / "imagenet.json"

@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from bench.imagenet import METHODS, Cell, agree_values, grid, key, main, verdict, write_markdown
 from bench.machine import cpu_name_and_flags
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_grid_has_every_method_at_w4_w6_and_the_extra_cells():
@@ -121,3 +127,15 @@ def test_claims_use_the_largest_budget_of_a_cell():
     assert agree_values(rows, "isvit", 4, "default") == [60.0]
     assert agree_values(rows[:2], "isvit", 4, "default") == [18.0, 18.0]
     assert agree_values(rows, "qdrop", 4, "default") == []
+
+
+def test_command_without_the_shared_model_is_one_error_line_and_exit_2(tmp_path):
+    """What a user outside this workplace types: ``python -m bench.imagenet`` with no shared folder."""
+    out = tmp_path / "results"
+    env = {**os.environ, "VITQUANT_SHARED": str(tmp_path / "nothing")}
+    run = subprocess.run([sys.executable, "-m", "bench.imagenet", "--out", str(out), "--seeds", "0"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "VITQUANT_SHARED" in lines[0]
+    assert not out.exists()
