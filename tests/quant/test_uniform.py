@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from vitquant.quant.stats import least_error, quantile_rows, subsample_rows
+from vitquant.quant.stats import least_error, quantiles_rows, subsample_rows
 from vitquant.quant.uniform import UniformQuantizer
 
 
@@ -86,8 +86,12 @@ def test_state_dict_round_trip_with_per_channel_shapes():
 
 def test_quantile_matches_torch_quantile_and_subsample_is_bounded():
     rows = torch.randn(1001, 3)
-    for p in (0.0, 0.5, 0.999, 1.0):
-        assert torch.allclose(quantile_rows(rows, p), torch.quantile(rows, p, dim=0))
+    qs = (0.0, 0.5, 0.999, 1.0, 0.0004, 0.37, 0.99999)
+    for p, value in zip(qs, quantiles_rows(rows, qs)):
+        assert torch.allclose(value, torch.quantile(rows, p, dim=0))
+    for n in (1, 2, 3):  # both tails from a handful of rows
+        few = torch.randn(n, 2)
+        assert all(torch.allclose(v, torch.quantile(few, p, dim=0)) for p, v in zip(qs, quantiles_rows(few, qs)))
     big = torch.randn(10000, 8)
     small = subsample_rows(big, max_elements=800, seed=1)
     assert small.shape == (100, 8)

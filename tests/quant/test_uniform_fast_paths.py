@@ -42,3 +42,21 @@ def test_fused_ste_with_a_fractional_zero_point_equals_the_graph():
     expected = reference(q, x)
     expected.backward(g)
     assert torch.equal(y, expected) and torch.equal(fused_grad, x.grad)
+
+
+def test_per_tensor_ste_finds_the_bounds_from_its_output():
+    # frozen per-tensor Δ and bounds: the backward recovers "code at or beyond a bound" from x̂ alone
+    q = UniformQuantizer(4)
+    q.init_from(torch.randn(500) * 0.7)
+    scale, lo, hi = q.frozen_params()
+    codes = torch.tensor([lo - 3, lo - 0.4, lo, lo + 0.4, lo + 1, lo + 2, hi - 1, hi - 0.4, hi, hi + 0.3, hi + 9])
+    x, g = (codes * scale).requires_grad_(True), torch.randn(len(codes))
+    y = q(x)
+    saved = y.grad_fn.saved_tensors  # x̂ itself: no mask, no copy
+    assert len(saved) == 1 and saved[0].data_ptr() == y.data_ptr()
+    y.backward(g)
+    fused_grad, x.grad = x.grad.clone(), None
+    expected = reference(q, x)
+    expected.backward(g)
+    assert torch.equal(y, expected) and torch.equal(fused_grad, x.grad)
+    assert (fused_grad == 0).tolist() == [True, True, True, True, False, False, False, True, True, True, True]

@@ -29,7 +29,7 @@ from torch import nn
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
-from vitquant.quant.stats import Observation, least_error, quantile_rows
+from vitquant.quant.stats import Observation, least_error, quantiles_rows
 from vitquant.quant.ste import round_ste
 
 
@@ -66,8 +66,8 @@ class DynamicFocusingQuantizer(Quantizer):
     def candidate_intervals(self, rows: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Every (a, c) of the grid with a < c, each a pair of (C,) tensors."""
         zero = torch.zeros(rows.shape[1], dtype=rows.dtype, device=rows.device)
-        lows = [zero] + [quantile_rows(rows, p) for p in self.lower_quantiles]
-        highs = [quantile_rows(rows, p) for p in self.upper_quantiles]
+        qs = quantiles_rows(rows, [*self.lower_quantiles, *self.upper_quantiles])
+        lows, highs = [zero, *qs[: len(self.lower_quantiles)]], qs[len(self.lower_quantiles):]
         # a ≥ c would be an empty interval: fall back to [0, c] there
         return [(torch.where(lo < hi, lo, zero), hi) for lo in lows for hi in highs]
 

@@ -18,7 +18,7 @@ import torch
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
-from vitquant.quant.stats import Observation, least_error, quantile_rows
+from vitquant.quant.stats import Observation, least_error, quantiles_rows
 from vitquant.quant.ste import round_ste
 
 
@@ -50,7 +50,7 @@ class LogQuantizer(Quantizer):
         if self.fixed_scale is not None:
             self.set_param("scale", torch.full((rows.shape[1],), float(self.fixed_scale)))
             return
-        candidates = [(quantile_rows(rows, p).clamp_min(1e-8),) for p in self.percentiles]
+        candidates = [(q.clamp_min(1e-8),) for q in quantiles_rows(rows, self.percentiles)]
         sample = self.search_rows(rows)
         (scale,) = least_error(candidates, lambda s: (self.fake_quant(sample, s) - sample).pow(2).mean(0))
         self.set_param("scale", scale)

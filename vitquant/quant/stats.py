@@ -28,6 +28,7 @@ post-GELU tensors: 4× fewer passes of each candidate).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -168,17 +169,36 @@ def subsample_rows(rows: torch.Tensor, max_elements: int = DEFAULT_MAX_ELEMENTS,
     return rows.index_select(0, idx)
 
 
-def quantile_rows(rows: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-column ``q``-quantile of a (rows, channels) tensor, exact, with linear interpolation."""
+def quantiles_rows(rows: torch.Tensor, qs: Sequence[float]) -> list[torch.Tensor]:
+    """Per-column ``q``-quantiles of a (rows, channels) tensor for each q in ``qs``, exact, with linear
+    interpolation: at position p = q·(n − 1), v = x₍⌊p⌋₎ + (x₍⌊p⌋+1₎ − x₍⌊p⌋₎)·(p − ⌊p⌋), x₍ₖ₎ the k-th
+    smallest (as ``torch.quantile``).
+
+    The order statistics come from two partial sorts (``topk``), one per tail: the bottom k₁ for ranks in
+    the lower half, the top k₂ for ranks in the upper half. Clipping searches ask for extreme quantiles
+    (RepQ-ViT's 0.999–0.99999, I&S-ViT's nine weight percentiles), whose ranks lie within the outer 0.1 %
+    (or the outer few % for weights), so two ``topk`` calls replace one ``kthvalue`` per rank and per
+    search candidate (2 per quantile): on a 16M-value activation sample six ``kthvalue`` took ~6× the time.
+    """
     n = rows.shape[0]
-    pos = q * (n - 1)
-    lo, hi = int(pos), min(int(pos) + 1, n - 1)
-    frac = pos - lo
-    v_lo = rows.kthvalue(lo + 1, dim=0).values
-    if frac == 0.0 or hi == lo:
-        return v_lo
-    v_hi = rows.kthvalue(hi + 1, dim=0).values
-    return v_lo + (v_hi - v_lo) * frac
+    spans = []
+    for q in qs:
+        pos = q * (n - 1)
+        lo = int(pos)
+        spans.append((lo, min(lo + 1, n - 1), pos - lo))
+    ranks = {r for lo, hi, frac in spans for r in ((lo, hi) if frac else (lo,))}
+    low, high = [r for r in ranks if 2 * r < n], [r for r in ranks if 2 * r >= n]
+    bottom = rows.topk(max(low) + 1, dim=0, largest=False).values if low else None  # bottom[r] = x₍ᵣ₎
+    top = rows.topk(n - min(high), dim=0).values if high else None                  # top[j] = x₍ₙ₋₁₋ⱼ₎
+
+    def order_statistic(r: int) -> torch.Tensor:
+        return bottom[r] if 2 * r < n else top[n - 1 - r]
+
+    out = []
+    for lo, hi, frac in spans:
+        v_lo = order_statistic(lo)
+        out.append(v_lo if frac == 0.0 or hi == lo else v_lo + (order_statistic(hi) - v_lo) * frac)
+    return out
 
 
 def least_error(candidates, error_fn):
