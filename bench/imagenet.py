@@ -45,6 +45,7 @@ from pathlib import Path
 from bench.imageset import DEFAULT_OUT, SHARED, generate
 from bench.machine import cpu_name_and_flags
 from bench.plan import CPU_RECON
+from vitquant.cli import fail
 from vitquant.io.atomic import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[1]
@@ -291,8 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     if not WEIGHTS.is_file():
-        print(f"error: {WEIGHTS} not found; set VITQUANT_SHARED to the folder holding models/", file=sys.stderr)
-        raise SystemExit(2)
+        fail(f"{WEIGHTS} not found; set VITQUANT_SHARED to the folder holding models/")
     manifest = generate(SHARED / "data" / "coco128", args.imageset)
     n_calib = manifest["images"]["calib"]
     json_path = args.out / "imagenet.json"

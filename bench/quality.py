@@ -25,6 +25,7 @@ from threading import Lock
 from bench.plan import ENTRIES, Entry
 from bench.references import REFERENCES, cifar_root, reference_checkpoint
 from bench.table import write_table
+from vitquant.cli import fail
 from vitquant.io.atomic import write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     by_name = {e.name: e for e in ENTRIES}
     unknown = sorted(set(args.entries or []) - set(by_name))
     if unknown:
-        sys.exit(f"error: unknown benchmark entries {unknown}; known: {', '.join(by_name)}")
+        fail(f"unknown benchmark entries {unknown}; pass --entries from: {', '.join(by_name)}")
     entries = [by_name[n] for n in args.entries] if args.entries else ENTRIES
     models = [m for m in args.models if reference_checkpoint(m) is not None and cifar_root().is_dir()]
     for m in sorted(set(args.models) - set(models)):

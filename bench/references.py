@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from vitquant.cli import fail
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("VITQUANT_SHARED", REPO.parent / "shared")).resolve()
 CACHE = Path(os.environ.get("VITQUANT_CACHE", Path.home() / ".cache" / "vitquant")) / "reference"
@@ -46,7 +48,8 @@ def main() -> None:
             print(f"{model}: {reference_checkpoint(model)}")
             continue
         if not script.is_file() or not cifar_root().is_dir():
-            sys.exit(f"error: cannot train {model}: need {script} and {cifar_root()} (set VITQUANT_SHARED)")
+            fail(f"cannot train {model}: need {script} and {cifar_root()}; set VITQUANT_SHARED to the folder "
+                 "holding models/ and data/")
         CACHE.mkdir(parents=True, exist_ok=True)
         print(f"{model}: training with the shared recipe (about 35 minutes) -> {CACHE / name}", flush=True)
         trainer = ["-m", "bench.train_reference", "--model", model] if model in PROJECT_RECIPE \

@@ -1,0 +1,33 @@
+"""The benchmark commands a user types answer bad input with one ``error:`` line and exit code 2."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(module: str, *args: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "VITQUANT_SHARED": str(tmp_path / "nothing"), "VITQUANT_CACHE": str(tmp_path / "cache")}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+def one_error_line(proc: subprocess.CompletedProcess, *words: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_quality_with_an_unknown_entry_names_it_and_the_known_ones(tmp_path):
+    one_error_line(run("bench.quality", "--entries", "isvit", "nosuchmethod", "--out", str(tmp_path), tmp_path=tmp_path),
+                   "nosuchmethod", "--entries", "isvit")
+    assert not any(tmp_path.glob("*.json"))
+
+
+def test_references_without_the_shared_folder_says_what_to_set(tmp_path):
+    one_error_line(run("bench.references", tmp_path=tmp_path), "VITQUANT_SHARED", "train_reference.py")
+    assert not (tmp_path / "cache").exists()
