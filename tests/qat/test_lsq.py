@@ -1,10 +1,12 @@
 """LSQ quantizer: forward values and gradients against hand-derived cases."""
 import math
+from functools import partial
 
 import pytest
 import torch
 
 from vitquant.quant.lsq import LSQQuantizer
+from vitquant.quant.ste import grad_scale, round_ste
 
 
 def ready(q: LSQQuantizer, scale: float, offset: float = 0.0) -> LSQQuantizer:
@@ -72,3 +74,55 @@ def test_head_wise_scales_and_state_roundtrip():
 def test_bits_out_of_range():
     with pytest.raises(ValueError, match="out of range"):
         LSQQuantizer(17)
+
+
+def op_by_op(q: LSQQuantizer, x: torch.Tensor) -> torch.Tensor:
+    """The autograd graph ``LSQSTE`` replaces: sub, div, clamp, ``round_ste``, mul, add."""
+    xf = x.float()
+    s = q.expand(grad_scale(q.scale, q.step_grad_scale(xf)), xf).abs().clamp_min(1e-8)
+    beta = q.expand(q.offset, xf)
+    return (round_ste(torch.clamp((xf - beta) / s, q.qmin, q.qmax)) * s + beta).to(x.dtype)
+
+
+@pytest.mark.parametrize("granularity,shape,kw", [
+    ("tensor", (4, 9, 16), dict(grad_scale="lsq")),
+    ("tensor", (4, 9, 16), dict(signed=False, learn_offset=True, grad_scale="sqrt_n")),
+    ("channel", (12, 16), dict(role="weight", grad_scale="l1")),
+    ("head", (2, 3, 9, 8), dict(grad_scale="lsq")),
+])
+def test_fused_ste_reproduces_the_graph_bit_for_bit(granularity, shape, kw):
+    torch.manual_seed(0)
+    x = torch.randn(shape) * 3
+    q = LSQQuantizer(4, granularity=granularity, channel_dim=0 if granularity == "channel" else -1, **kw)
+    q.init_from(x)
+    # values exactly on the clamp bounds and on rounding ties, where the gradient rules switch
+    s = float(q.scale.detach().flatten()[0])
+    x.view(-1)[:4] = torch.tensor([q.qmin * s, q.qmax * s, 0.5 * s, 2.5 * s]) + float(q.offset.detach().flatten()[0])
+    upstream = torch.randn(shape)
+    grads = []
+    for forward in (q, partial(op_by_op, q)):
+        xi = x.clone().requires_grad_(True)
+        y = forward(xi)
+        (y * upstream).sum().backward()
+        grads.append((y.detach(), xi.grad, *(p.grad.clone() for p in q.parameters())))
+        q.zero_grad(set_to_none=True)
+    for fused, graph in zip(*grads, strict=True):
+        assert torch.equal(fused, graph)
+
+
+def test_fused_ste_keeps_only_its_input():
+    q = ready(LSQQuantizer(4, grad_scale="lsq"), 0.3)
+    x = torch.randn(2, 5, 8, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        q(x)
+    assert sum(t.numel() for t in saved if t.numel() > 1) == x.numel()
+
+
+def test_bf16_input_is_quantized_in_float32():
+    q = ready(LSQQuantizer(4, grad_scale="none"), 0.3)
+    x = (torch.randn(64) * 2).bfloat16().requires_grad_(True)
+    y = q(x)
+    assert y.dtype == torch.bfloat16 and torch.equal(y, op_by_op(q, x.detach()))
+    y.sum().backward()
+    assert x.grad.dtype == torch.bfloat16
