@@ -103,6 +103,25 @@ def key(row: dict) -> tuple:
     return tuple(row.get(k) for k in ROW_KEY)
 
 
+# Runs argv[2:] and writes its ru_maxrss (kB) to argv[1]. A child's ru_maxrss includes the memory of the
+# process it was forked from, so the measured command is started from this small interpreter, not the bench.
+PEAK_WRAPPER = ("import os, subprocess, sys; p = subprocess.Popen(sys.argv[2:]); "
+                "_, status, usage = os.wait4(p.pid, 0); open(sys.argv[1], 'w').write(str(usage.ru_maxrss)); "
+                "sys.exit(os.waitstatus_to_exitcode(status))")
+
+
+def run_child(cmd: list[str], cwd: Path) -> float:
+    """Run ``cmd`` (one thread, W&B off); return its own peak RSS in MB."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    with tempfile.TemporaryDirectory() as tmp:
+        peak = Path(tmp) / "peak_kb"
+        proc = subprocess.run([sys.executable, "-c", PEAK_WRAPPER, str(peak), *cmd], cwd=cwd, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+        return int(peak.read_text()) / 1024
+
+
 def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, max_eval: int | None = None,
              recon_iters: int | None = None) -> dict:
     """One ``calibrate.py`` process; its ``metrics.json`` plus the cell's bookkeeping."""
@@ -119,33 +138,29 @@ def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, m
            f"seed={cell.seed}", f"policy={cell.policy}", f"method.n_calib={min(own, n_calib)}", "eval_fp=true",
            "task.num_workers=0", "task.batch_size=50", "logger=none", f"hydra.run.dir={out}", *recon,
            *([f"task.max_eval_images={max_eval}"] if max_eval else [])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    peak = run_child(cmd, REPO)
     row = json.loads((out / "metrics.json").read_text())
-    row.update(budget=budget(cell.method, full, recon_iters), method_n_calib=own, cpu=cpu_name_and_flags()[0])
+    row.update(budget=budget(cell.method, full, recon_iters), method_n_calib=own, cpu=cpu_name_and_flags()[0],
+               peak_rss_mb=round(peak))
     return row
 
 
 def run_qat_cell(method: str, seed: int, imageset: Path, epochs: int, work: Path,
-                 max_eval: int | None = None) -> dict:
-    """One ``train.py`` process at W4A4 on the calibration part (distillation from the float model)."""
+                 max_eval: int | None = None, tree: Path = REPO) -> dict:
+    """One ``train.py`` process of ``tree`` at W4A4 on the calibration part (distillation from the float
+    model); its metrics, peak RSS and the digest of the trained weights."""
     out = Path(tempfile.mkdtemp(dir=work))
-    cmd = [sys.executable, str(REPO / "train.py"), f"qat={method}", f"model={MODEL}", f"model.checkpoint={WEIGHTS}",
+    cmd = [sys.executable, str(tree / "train.py"), f"qat={method}", f"model={MODEL}", f"model.checkpoint={WEIGHTS}",
            "data=coco128_objects", f"data.root={imageset}", "bits=4", f"seed={seed}", f"qat.epochs={epochs}",
            f"qat.batch_size={QAT_BATCH}", "qat.num_workers=0", "task.num_workers=0", "task.batch_size=50",
            "teacher=float", "logger=none", f"hydra.run.dir={out}",
            *([f"task.max_eval_images={max_eval}"] if max_eval else [])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
+    peak = run_child(cmd, tree)
     m = json.loads((out / "metrics.json").read_text())
     keep = ("method", "policy", "w_bits", "a_bits", "seed", "agree_top1", "kl", "logit_sqnr_db", "init_agree_top1",
-            "train_cpu_seconds", "steps", "epochs")
+            "train_cpu_seconds", "steps", "epochs", "weights_sha256")
     return {**{k: m[k] for k in keep}, "kind": "qat", "budget": f"{epochs} epoch", "n_eval_images": m.get(
-        "n_eval_images") or max_eval, "cpu": cpu_name_and_flags()[0]}
+        "n_eval_images") or max_eval, "peak_rss_mb": round(peak), "cpu": cpu_name_and_flags()[0]}
 
 
 def qat_markdown(rows: list[dict]) -> list[str]:

@@ -23,11 +23,17 @@ def one_error_line(proc: subprocess.CompletedProcess, *words: str) -> None:
 
 
 def test_quality_with_an_unknown_entry_names_it_and_the_known_ones(tmp_path):
-    one_error_line(run("bench.quality", "--entries", "isvit", "nosuchmethod", "--out", str(tmp_path), tmp_path=tmp_path),
-                   "nosuchmethod", "--entries", "isvit")
+    proc = run("bench.quality", "--entries", "isvit", "nosuchmethod", "--out", str(tmp_path), tmp_path=tmp_path)
+    one_error_line(proc, "nosuchmethod", "--entries", "isvit")
     assert not any(tmp_path.glob("*.json"))
 
 
 def test_references_without_the_shared_folder_says_what_to_set(tmp_path):
     one_error_line(run("bench.references", tmp_path=tmp_path), "VITQUANT_SHARED", "train_reference.py")
     assert not (tmp_path / "cache").exists()
+
+
+def test_qat_memory_without_a_baseline_tree_says_how_to_make_one(tmp_path):
+    one_error_line(run("bench.qat_memory", "--base", str(tmp_path / "nowhere"), "--out", str(tmp_path),
+                       tmp_path=tmp_path), "--base", "git worktree add")
+    assert not any(tmp_path.glob("*.json"))

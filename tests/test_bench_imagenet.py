@@ -139,3 +139,41 @@ def test_command_without_the_shared_model_is_one_error_line_and_exit_2(tmp_path)
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and "VITQUANT_SHARED" in lines[0]
     assert not out.exists()
+
+
+def test_a_child_reports_its_own_peak_memory_and_its_error():
+    from bench.imagenet import run_child
+
+    small = run_child([sys.executable, "-c", "pass"], REPO)
+    big = run_child([sys.executable, "-c", "b = bytearray(300 * 2**20); b[::4096] = b'x' * len(b[::4096])"], REPO)
+    assert 0 < small < big and big - small > 250  # MB, the child's own maximum
+    try:
+        run_child([sys.executable, "-c", "import sys; sys.exit('boom here')"], REPO)
+    except RuntimeError as e:
+        assert "boom here" in str(e)
+    else:
+        raise AssertionError("a failing child must raise")
+
+
+def test_qat_memory_runs_both_trees_and_compares_their_weights(tmp_path, monkeypatch):
+    import bench.qat_memory as qm
+
+    monkeypatch.setattr(qm, "generate", lambda *a, **k: None)
+    monkeypatch.setattr(qm, "WEIGHTS", tmp_path / "w.safetensors")
+    monkeypatch.setattr(qm, "git_head", lambda tree: tree.name)
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "train.py").write_text("")
+    ran = []
+
+    def fake(method, seed, imageset, epochs, work, max_eval=None, tree=None):
+        ran.append((method, tree))
+        return {"method": method, "steps": 7, "agree_top1": 3.0, "kl": 3.5, "train_cpu_seconds": 100.0,
+                "peak_rss_mb": 6000 if tree == base else 3000, "weights_sha256": "ab" * 32}
+
+    monkeypatch.setattr(qm, "run_qat_cell", fake)
+    res = qm.main(["--base", str(base), "--out", str(tmp_path)])
+    assert ran == [("lsq", base), ("lsq", qm.REPO), ("vvtq", base), ("vvtq", qm.REPO)]
+    assert res["ratios"]["lsq"] == {"peak_rss": 0.5, "train_cpu": 1.0, "same_weights": True}
+    assert "| vvtq | 0.50 | 1.00 | True |" in (tmp_path / "qat_memory.md").read_text()
