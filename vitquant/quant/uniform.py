@@ -84,6 +84,41 @@ class UniformSTE(torch.autograd.Function):
         return grad.mul(scale).div_(scale).masked_fill_(outside, 0.0), None, None, None, None
 
 
+class LearnedStepSTE(torch.autograd.Function):
+    """x̂ = (clamp(round(x/Δ) + z, qmin, qmax) − z)·Δ with a learned Δ (QDrop's activation steps, QAT
+    fine-tuning of a PTQ result), in place, with the values and the gradients of the op-by-op graph (div,
+    ``round_ste``, add, clamp, sub, mul) bit for bit::
+
+        g_c = where(qmin < round(x/Δ) + z < qmax, g·Δ, 0)      (clamp: gradient 0 at the bounds)
+        ∂/∂x = g_c / Δ
+        ∂/∂Δ = Σ g·(clamp(round(x/Δ) + z, qmin, qmax) − z) + Σ −g_c·((x/Δ)/Δ)   (mul's term + div's term)
+
+    with Σ the reduction to Δ's broadcast shape (``sum_to_size``, as autograd reduces a broadcast input).
+    The backward recomputes the codes from x: it keeps x alone, where the graph also kept the clamp's
+    input and the clamped codes, each of x's size."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int,
+                qmax: int) -> torch.Tensor:
+        ctx.save_for_backward(x, scale, zero)
+        ctx.bounds = (qmin, qmax)
+        return torch.div(x, scale).round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, scale, zero = ctx.saved_tensors
+        qmin, qmax = ctx.bounds
+        steps = x / scale
+        codes = torch.round(steps).add_(zero)
+        grad_codes = torch.where((codes > qmin).logical_and_(codes < qmax), grad * scale, 0.0)
+        grad_x = grad_codes / scale if ctx.needs_input_grad[0] else None
+        grad_scale = None
+        if ctx.needs_input_grad[1]:
+            grad_scale = ((grad * codes.clamp_(qmin, qmax).sub_(zero)).sum_to_size(scale.shape)
+                          + (-grad_codes * (steps / scale)).sum_to_size(scale.shape))
+        return grad_x, grad_scale, None, None, None
+
+
 class UniformQuantizer(Quantizer):
     """Uniform fake quantizer (see module docstring for the formula)."""
 
@@ -131,6 +166,8 @@ class UniformQuantizer(Quantizer):
             return torch.div(x, scale).round_().add_(zero).clamp_(self.qmin, self.qmax).sub_(zero).mul_(scale)
         if not needs_grad(scale, zero):  # only x learns (weights in reconstruction): fused STE
             return UniformSTE.apply(x, scale, zero, self.qmin, self.qmax)
+        if not needs_grad(zero):  # a learned step (QDrop, QAT from a PTQ result): fused too
+            return LearnedStepSTE.apply(x, scale, zero, self.qmin, self.qmax)
         q = torch.clamp(round_ste(x / scale) + zero, self.qmin, self.qmax)
         return (q - zero) * scale
 
