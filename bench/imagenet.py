@@ -122,9 +122,17 @@ def run_child(cmd: list[str], cwd: Path) -> float:
         return int(peak.read_text()) / 1024
 
 
+def checkpoint_digest(path: Path) -> str:
+    """SHA-256 of a ``quantized.pt``'s state (equal digests: the same model, bit for bit)."""
+    from vitquant.io.quantized_checkpoint import read_quantized
+    from vitquant.qat.distributed import state_digest
+    return state_digest(read_quantized(path)[1])
+
+
 def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, max_eval: int | None = None,
-             recon_iters: int | None = None) -> dict:
-    """One ``calibrate.py`` process; its ``metrics.json`` plus the cell's bookkeeping."""
+             recon_iters: int | None = None, tree: Path = REPO) -> dict:
+    """One ``calibrate.py`` process of ``tree``; its ``metrics.json`` plus the cell's bookkeeping, its peak RSS and
+    the digest of the quantized model."""
     from hydra import compose, initialize_config_dir
 
     from vitquant.cli import CONF_DIR
@@ -133,15 +141,15 @@ def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, m
         own = compose("calibrate", overrides=[f"method={cell.method}"]).method.n_calib
     recon = recon_overrides(cell.method, full, recon_iters)
     out = Path(tempfile.mkdtemp(dir=work))
-    cmd = [sys.executable, str(REPO / "calibrate.py"), f"method={cell.method}", f"model={MODEL}",
+    cmd = [sys.executable, str(tree / "calibrate.py"), f"method={cell.method}", f"model={MODEL}",
            f"model.checkpoint={WEIGHTS}", "data=coco128_objects", f"data.root={imageset}", f"bits={cell.bits}",
            f"seed={cell.seed}", f"policy={cell.policy}", f"method.n_calib={min(own, n_calib)}", "eval_fp=true",
            "task.num_workers=0", "task.batch_size=50", "logger=none", f"hydra.run.dir={out}", *recon,
            *([f"task.max_eval_images={max_eval}"] if max_eval else [])]
-    peak = run_child(cmd, REPO)
+    peak = run_child(cmd, tree)
     row = json.loads((out / "metrics.json").read_text())
     row.update(budget=budget(cell.method, full, recon_iters), method_n_calib=own, cpu=cpu_name_and_flags()[0],
-               peak_rss_mb=round(peak))
+               peak_rss_mb=round(peak), state_sha256=checkpoint_digest(out / "quantized.pt"))
     return row
 
 
@@ -158,9 +166,10 @@ def run_qat_cell(method: str, seed: int, imageset: Path, epochs: int, work: Path
     peak = run_child(cmd, tree)
     m = json.loads((out / "metrics.json").read_text())
     keep = ("method", "policy", "w_bits", "a_bits", "seed", "agree_top1", "kl", "logit_sqnr_db", "init_agree_top1",
-            "train_cpu_seconds", "steps", "epochs", "weights_sha256")
-    return {**{k: m[k] for k in keep}, "kind": "qat", "budget": f"{epochs} epoch", "n_eval_images": m.get(
-        "n_eval_images") or max_eval, "peak_rss_mb": round(peak), "cpu": cpu_name_and_flags()[0]}
+            "train_cpu_seconds", "steps", "epochs")
+    return {**{k: m[k] for k in keep}, "kind": "qat", "budget": f"{epochs} epoch",
+            "n_eval_images": m.get("n_eval_images") or max_eval, "peak_rss_mb": round(peak),
+            "state_sha256": checkpoint_digest(out / "quantized.pt"), "cpu": cpu_name_and_flags()[0]}
 
 
 def qat_markdown(rows: list[dict]) -> list[str]:

@@ -33,7 +33,7 @@ def test_references_without_the_shared_folder_says_what_to_set(tmp_path):
     assert not (tmp_path / "cache").exists()
 
 
-def test_qat_memory_without_a_baseline_tree_says_how_to_make_one(tmp_path):
-    one_error_line(run("bench.qat_memory", "--base", str(tmp_path / "nowhere"), "--out", str(tmp_path),
+def test_train_memory_without_a_baseline_tree_says_how_to_make_one(tmp_path):
+    one_error_line(run("bench.train_memory", "--base", str(tmp_path / "nowhere"), "--out", str(tmp_path),
                        tmp_path=tmp_path), "--base", "git worktree add")
     assert not any(tmp_path.glob("*.json"))

@@ -155,25 +155,34 @@ def test_a_child_reports_its_own_peak_memory_and_its_error():
         raise AssertionError("a failing child must raise")
 
 
-def test_qat_memory_runs_both_trees_and_compares_their_weights(tmp_path, monkeypatch):
-    import bench.qat_memory as qm
+def test_train_memory_runs_every_cell_from_both_trees_and_compares_the_models(tmp_path, monkeypatch):
+    import bench.train_memory as tm
 
-    monkeypatch.setattr(qm, "generate", lambda *a, **k: None)
-    monkeypatch.setattr(qm, "WEIGHTS", tmp_path / "w.safetensors")
-    monkeypatch.setattr(qm, "git_head", lambda tree: tree.name)
+    monkeypatch.setattr(tm, "generate", lambda *a, **k: None)
+    monkeypatch.setattr(tm, "WEIGHTS", tmp_path / "w.safetensors")
+    monkeypatch.setattr(tm, "git_head", lambda tree: tree.name)
     (tmp_path / "w.safetensors").write_bytes(b"")
     base = tmp_path / "base"
     base.mkdir()
     (base / "train.py").write_text("")
     ran = []
 
-    def fake(method, seed, imageset, epochs, work, max_eval=None, tree=None):
+    def fake_qat(method, seed, imageset, epochs, work, max_eval=None, tree=None):
         ran.append((method, tree))
-        return {"method": method, "steps": 7, "agree_top1": 3.0, "kl": 3.5, "train_cpu_seconds": 100.0,
-                "peak_rss_mb": 6000 if tree == base else 3000, "weights_sha256": "ab" * 32}
+        return {"steps": 7, "agree_top1": 3.0, "kl": 3.5, "train_cpu_seconds": 100.0,
+                "peak_rss_mb": 6000 if tree == base else 3000, "state_sha256": "ab" * 32}
 
-    monkeypatch.setattr(qm, "run_qat_cell", fake)
-    res = qm.main(["--base", str(base), "--out", str(tmp_path)])
-    assert ran == [("lsq", base), ("lsq", qm.REPO), ("vvtq", base), ("vvtq", qm.REPO)]
-    assert res["ratios"]["lsq"] == {"peak_rss": 0.5, "train_cpu": 1.0, "same_weights": True}
-    assert "| vvtq | 0.50 | 1.00 | True |" in (tmp_path / "qat_memory.md").read_text()
+    def fake_ptq(cell, imageset, n_calib, full, work, max_eval=None, recon_iters=None, tree=None):
+        ran.append((cell.method, tree))
+        assert (cell.bits, n_calib, recon_iters, full) == (4, 64, 50, False)
+        cpu = 600.0 if tree == base else 450.0
+        return {"budget": "cpu50it", "agree_top1": 13.0, "kl": 2.0, "calib_cpu_seconds": cpu, "peak_rss_mb": 3000,
+                "state_sha256": "cd" * 32 if tree == base else "ef" * 32}
+
+    monkeypatch.setattr(tm, "run_qat_cell", fake_qat)
+    monkeypatch.setattr(tm, "run_cell", fake_ptq)
+    res = tm.main(["--base", str(base), "--out", str(tmp_path)])
+    assert ran == [(c, t) for c in ("lsq", "vvtq", "qdrop") for t in (base, tm.REPO)]
+    assert res["ratios"]["lsq"] == {"peak_rss": 0.5, "cpu": 1.0, "same_state": True}
+    text = (tmp_path / "train_memory.md").read_text()
+    assert "| vvtq | 0.50 | 1.00 | True |" in text and "| qdrop | 1.00 | 0.75 | False |" in text

@@ -193,15 +193,20 @@ def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def weights_digest(model: torch.nn.Module, info: DistInfo) -> str:
-    """SHA-256 of the model's state (every tensor, in key order); with a group, every rank's digest must
-    equal rank 0's (DDP keeps replicas identical: a difference is a bug, not bad input)."""
+def state_digest(state: Mapping[str, Any]) -> str:
+    """SHA-256 of a state dict: every tensor's key and bytes, in key order (other entries skipped)."""
     sha = hashlib.sha256()
-    for key, value in model.state_dict().items():
+    for key, value in state.items():
         if torch.is_tensor(value):
             sha.update(key.encode())
             sha.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    digest = sha.hexdigest()
+    return sha.hexdigest()
+
+
+def weights_digest(model: torch.nn.Module, info: DistInfo) -> str:
+    """``state_digest`` of the model; with a group, every rank's digest must equal rank 0's (DDP keeps
+    replicas identical: a difference is a bug, not bad input)."""
+    digest = state_digest(model.state_dict())
     if info.enabled:
         digests = gather(info, digest)
         if len(set(digests)) != 1:
