@@ -130,9 +130,9 @@ def checkpoint_digest(path: Path) -> str:
 
 
 def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, max_eval: int | None = None,
-             recon_iters: int | None = None, tree: Path = REPO) -> dict:
-    """One ``calibrate.py`` process of ``tree``; its ``metrics.json`` plus the cell's bookkeeping, its peak RSS and
-    the digest of the quantized model."""
+             recon_iters: int | None = None, tree: Path = REPO, out: Path | None = None) -> dict:
+    """One ``calibrate.py`` process of ``tree`` (run folder ``out``, default a new one in ``work``); its
+    ``metrics.json`` plus the cell's bookkeeping, its peak RSS and the digest of the quantized model."""
     from hydra import compose, initialize_config_dir
 
     from vitquant.cli import CONF_DIR
@@ -140,7 +140,7 @@ def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, m
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         own = compose("calibrate", overrides=[f"method={cell.method}"]).method.n_calib
     recon = recon_overrides(cell.method, full, recon_iters)
-    out = Path(tempfile.mkdtemp(dir=work))
+    out = out or Path(tempfile.mkdtemp(dir=work))
     cmd = [sys.executable, str(tree / "calibrate.py"), f"method={cell.method}", f"model={MODEL}",
            f"model.checkpoint={WEIGHTS}", "data=coco128_objects", f"data.root={imageset}", f"bits={cell.bits}",
            f"seed={cell.seed}", f"policy={cell.policy}", f"method.n_calib={min(own, n_calib)}", "eval_fp=true",
@@ -154,14 +154,15 @@ def run_cell(cell: Cell, imageset: Path, n_calib: int, full: bool, work: Path, m
 
 
 def run_qat_cell(method: str, seed: int, imageset: Path, epochs: int, work: Path,
-                 max_eval: int | None = None, tree: Path = REPO) -> dict:
+                 max_eval: int | None = None, tree: Path = REPO, init: Path | None = None) -> dict:
     """One ``train.py`` process of ``tree`` at W4A4 on the calibration part (distillation from the float
-    model); its metrics, peak RSS and the digest of the trained weights."""
+    model), from scratch or from the PTQ result ``init``; its metrics, peak RSS and the digest of the
+    trained weights."""
     out = Path(tempfile.mkdtemp(dir=work))
     cmd = [sys.executable, str(tree / "train.py"), f"qat={method}", f"model={MODEL}", f"model.checkpoint={WEIGHTS}",
            "data=coco128_objects", f"data.root={imageset}", "bits=4", f"seed={seed}", f"qat.epochs={epochs}",
            f"qat.batch_size={QAT_BATCH}", "qat.num_workers=0", "task.num_workers=0", "task.batch_size=50",
-           "teacher=float", "logger=none", f"hydra.run.dir={out}",
+           "teacher=float", "logger=none", f"hydra.run.dir={out}", *([f"init={init}"] if init else []),
            *([f"task.max_eval_images={max_eval}"] if max_eval else [])]
     peak = run_child(cmd, tree)
     m = json.loads((out / "metrics.json").read_text())

@@ -158,7 +158,7 @@ def test_a_child_reports_its_own_peak_memory_and_its_error():
 def test_train_memory_runs_every_cell_from_both_trees_and_compares_the_models(tmp_path, monkeypatch):
     import bench.train_memory as tm
 
-    monkeypatch.setattr(tm, "generate", lambda *a, **k: None)
+    monkeypatch.setattr(tm, "generate", lambda *a, **k: {"images": {"calib": 112}})
     monkeypatch.setattr(tm, "WEIGHTS", tmp_path / "w.safetensors")
     monkeypatch.setattr(tm, "git_head", lambda tree: tree.name)
     (tmp_path / "w.safetensors").write_bytes(b"")
@@ -167,13 +167,19 @@ def test_train_memory_runs_every_cell_from_both_trees_and_compares_the_models(tm
     (base / "train.py").write_text("")
     ran = []
 
-    def fake_qat(method, seed, imageset, epochs, work, max_eval=None, tree=None):
-        ran.append((method, tree))
+    def fake_qat(method, seed, imageset, epochs, work, max_eval=None, tree=None, init=None):
+        ran.append((method, tree, init and init.parent == ptq_out[-1]))
         return {"steps": 7, "agree_top1": 3.0, "kl": 3.5, "train_cpu_seconds": 100.0,
                 "peak_rss_mb": 6000 if tree == base else 3000, "state_sha256": "ab" * 32}
 
-    def fake_ptq(cell, imageset, n_calib, full, work, max_eval=None, recon_iters=None, tree=None):
-        ran.append((cell.method, tree))
+    ptq_out = []
+
+    def fake_ptq(cell, imageset, n_calib, full, work, max_eval=None, recon_iters=None, tree=None, out=None):
+        ran.append((cell.method, tree, out is not None))
+        if cell.method == "percentile":  # the PTQ result the init cell fine-tunes
+            assert (n_calib, recon_iters, out.parent) == (112, None, work)
+            ptq_out.append(out)
+            return {}
         assert (cell.bits, n_calib, recon_iters, full) == (4, 64, 50, False)
         cpu = 600.0 if tree == base else 450.0
         return {"budget": "cpu50it", "agree_top1": 13.0, "kl": 2.0, "calib_cpu_seconds": cpu, "peak_rss_mb": 3000,
@@ -182,7 +188,12 @@ def test_train_memory_runs_every_cell_from_both_trees_and_compares_the_models(tm
     monkeypatch.setattr(tm, "run_qat_cell", fake_qat)
     monkeypatch.setattr(tm, "run_cell", fake_ptq)
     res = tm.main(["--base", str(base), "--out", str(tmp_path)])
-    assert ran == [(c, t) for c in ("lsq", "vvtq", "qdrop") for t in (base, tm.REPO)]
+    trees = (base, tm.REPO)
+    assert ran == [(c, t, None) for c in ("lsq", "vvtq") for t in trees] + \
+        [x for t in trees for x in (("percentile", t, True), ("lsq", t, True))] + [("qdrop", t, False) for t in trees]
     assert res["ratios"]["lsq"] == {"peak_rss": 0.5, "cpu": 1.0, "same_state": True}
     text = (tmp_path / "train_memory.md").read_text()
-    assert "| vvtq | 0.50 | 1.00 | True |" in text and "| qdrop | 1.00 | 0.75 | False |" in text
+    assert "| ptq_init | 0.50 | 1.00 | True |" in text and "| qdrop | 1.00 | 0.75 | False |" in text
+    ran.clear()
+    res = tm.main(["--base", str(base), "--out", str(tmp_path), "--cells", "qdrop"])  # the others are kept
+    assert [c for c, *_ in ran] == ["qdrop", "qdrop"] and list(res["ratios"]) == ["lsq", "vvtq", "ptq_init", "qdrop"]
