@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--imageset", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    if args.epochs < 1:
+        fail(f"--epochs {args.epochs}: QAT needs at least one epoch; pass --epochs 1 or more")
     if not (args.base / "train.py").is_file():
         fail(f"--base {args.base} holds no train.py; pass a worktree of the baseline commit "
              "(git worktree add <dir> <commit>)")

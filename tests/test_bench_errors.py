@@ -37,3 +37,9 @@ def test_train_memory_without_a_baseline_tree_says_how_to_make_one(tmp_path):
     one_error_line(run("bench.train_memory", "--base", str(tmp_path / "nowhere"), "--out", str(tmp_path),
                        tmp_path=tmp_path), "--base", "git worktree add")
     assert not any(tmp_path.glob("*.json"))
+
+
+def test_train_memory_with_no_epochs_names_the_value(tmp_path):
+    one_error_line(run("bench.train_memory", "--base", str(tmp_path), "--epochs", "0", "--out", str(tmp_path),
+                       tmp_path=tmp_path), "--epochs 0", "at least one epoch")
+    assert not any(tmp_path.glob("*.json"))

@@ -34,6 +34,12 @@ INITS = ("minmax", "percentile", "mse")
 Tensorish = torch.Tensor | float
 
 
+def fake_quant_in_place(x: torch.Tensor, scale: Tensorish, zero: torch.Tensor, qmin: int, qmax: int) -> torch.Tensor:
+    """(clamp(round(x/Δ) + z, qmin, qmax) − z)·Δ on one new buffer: the op-by-op graph's values, six passes
+    over one tensor instead of eight allocations (evaluation, and the forward of ``LearnedStepSTE``)."""
+    return torch.div(x, scale).round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)
+
+
 class UniformSTE(torch.autograd.Function):
     """x̂ with the straight-through gradient, computed in place, with the values and the gradient of
     the op-by-op graph: ∂x̂/∂x = where(qmin < round(x/Δ) + z < qmax, g·Δ, 0)/Δ, the products autograd
@@ -102,7 +108,7 @@ class LearnedStepSTE(torch.autograd.Function):
                 qmax: int) -> torch.Tensor:
         ctx.save_for_backward(x, scale, zero)
         ctx.bounds = (qmin, qmax)
-        return torch.div(x, scale).round_().add_(zero).clamp_(qmin, qmax).sub_(zero).mul_(scale)
+        return fake_quant_in_place(x, scale, zero, qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -163,7 +169,7 @@ class UniformQuantizer(Quantizer):
         memory-bound: six passes over one tensor instead of eight allocations), bit-identically.
         """
         if not needs_grad(x, scale, zero):
-            return torch.div(x, scale).round_().add_(zero).clamp_(self.qmin, self.qmax).sub_(zero).mul_(scale)
+            return fake_quant_in_place(x, scale, zero, self.qmin, self.qmax)
         if not needs_grad(scale, zero):  # only x learns (weights in reconstruction): fused STE
             return UniformSTE.apply(x, scale, zero, self.qmin, self.qmax)
         if not needs_grad(zero):  # a learned step (QDrop, QAT from a PTQ result): fused too
