@@ -1,16 +1,19 @@
-"""Memory and time of learned quantizer steps on the real ImageNet ViT-T: this tree against a baseline tree.
+"""Memory and time of quantizer-heavy runs on the real ImageNet ViT-T: this tree against a baseline tree.
 
-Three kinds of runs train quantizer steps by backpropagation: QAT (LSQ steps), QAT from a PTQ result
-(the uniform quantizers' steps made learnable) and QDrop's block reconstruction (the activation steps).
-Each cell below runs once from ``--base``'s tree and once from this one, in the same invocation, with
-the same seed, one child process at a time (its peak RSS is its own):
+Four kinds of runs spend most of their time and memory in the quantizers rather than the model: QAT
+(LSQ steps), QAT from a PTQ result (the uniform quantizers' steps made learnable), QDrop's block
+reconstruction (learned activation steps, random dropping) and PTQ4ViT's Hessian-guided search (every
+candidate scale fake-quantizes the layer's inputs). Each cell below runs once from ``--base``'s tree
+and once from this one, in the same invocation, with the same seed, one child process at a time (its
+peak RSS is its own):
 
 * ``lsq``, ``vvtq``: ``bench.imagenet``'s QAT by distillation (``train.py qat=<method>`` at W4A4 on the
   COCO128 objects' calibration part, 16 images × 4 crops of 224 px per step, float teacher, one epoch);
 * ``ptq_init``: the same QAT (``qat=lsq``) from a ``percentile`` W4A4 result of the same tree
   (``train.py init=<quantized.pt>``; only the training run is measured);
 * ``qdrop``: ``bench.imagenet``'s QDrop W4A4 cell at its ``cpu50it`` budget (64 images, 50 iterations
-  per block).
+  per block);
+* ``ptq4vit``: ``bench.imagenet``'s PTQ4ViT W4A4 cell (its own budget: 32 images).
 
 Reported: peak RSS, training or calibration CPU seconds, ``agree_top1``/KL, and the SHA-256 of the
 resulting model's state. Equal digests mean both trees produced the same model bit for bit, so the
@@ -35,7 +38,7 @@ from vitquant.cli import fail
 from vitquant.io.atomic import write_json, write_text
 
 REPO = Path(__file__).resolve().parents[1]
-CELLS = (*QAT_METHODS, "ptq_init", "qdrop")
+CELLS = (*QAT_METHODS, "ptq_init", "qdrop", "ptq4vit")
 QDROP_IMAGES, QDROP_ITERS = 64, 50  # bench.imagenet's cpu50it budget
 
 
@@ -52,16 +55,17 @@ def run(cell: str, tree: Path, args: argparse.Namespace, work: Path, n_calib: in
                            max_eval=args.max_eval_images, tree=tree, init=init)
         what = f"QAT W4A4{' from percentile (init=)' if init else ''}, {args.epochs} epoch ({row['steps']} steps)"
         return {**row, "cpu_s": row["train_cpu_seconds"], "what": what}
-    row = run_cell(Cell(cell, 4, "default", args.seed), args.imageset, QDROP_IMAGES, False, work,
-                   max_eval=args.max_eval_images, recon_iters=QDROP_ITERS, tree=tree)
-    return {**row, "cpu_s": row["calib_cpu_seconds"], "what": f"PTQ W4A4, {row['budget']}, {QDROP_IMAGES} images"}
+    budget = {"recon_iters": QDROP_ITERS} if cell == "qdrop" else {}
+    row = run_cell(Cell(cell, 4, "default", args.seed), args.imageset, QDROP_IMAGES if budget else n_calib, False,
+                   work, max_eval=args.max_eval_images, tree=tree, **budget)
+    return {**row, "cpu_s": row["calib_cpu_seconds"], "what": f"PTQ W4A4, {row['budget']}, {row['n_calib']} images"}
 
 
 def markdown(res: dict) -> str:
-    lines = ["# Learned quantizer steps: memory and time on ViT-T (ImageNet, timm `vit_tiny_patch16_224`) at 224 px, "
+    lines = ["# Quantizer-heavy runs: memory and time on ViT-T (ImageNet, timm `vit_tiny_patch16_224`) at 224 px, "
              "1 thread", "",
              f"CPU: {res['cpu']}. Each cell ran from both trees in one invocation, one child process at a time, "
-             "same seed. CPU s: training (QAT) or calibration (QDrop) CPU seconds.", "",
+             "same seed. CPU s: training (QAT) or calibration (PTQ) CPU seconds.", "",
              "| cell | run | tree | commit | peak RSS MB | CPU s | agree_top1 % | KL | state SHA-256 |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:

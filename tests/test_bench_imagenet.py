@@ -180,9 +180,11 @@ def test_train_memory_runs_every_cell_from_both_trees_and_compares_the_models(tm
             assert (n_calib, recon_iters, out.parent) == (112, None, work)
             ptq_out.append(out)
             return {}
-        assert (cell.bits, n_calib, recon_iters, full) == (4, 64, 50, False)
+        qdrop = cell.method == "qdrop"  # at its cpu50it budget; ptq4vit at its own
+        assert (cell.bits, n_calib, recon_iters, full) == ((4, 64, 50, False) if qdrop else (4, 112, None, False))
         cpu = 600.0 if tree == base else 450.0
-        return {"budget": "cpu50it", "agree_top1": 13.0, "kl": 2.0, "calib_cpu_seconds": cpu, "peak_rss_mb": 3000,
+        return {"budget": "cpu50it" if qdrop else "official", "n_calib": n_calib, "agree_top1": 13.0, "kl": 2.0,
+                "calib_cpu_seconds": cpu, "peak_rss_mb": 3000,
                 "state_sha256": "cd" * 32 if tree == base else "ef" * 32}
 
     monkeypatch.setattr(tm, "run_qat_cell", fake_qat)
@@ -190,10 +192,13 @@ def test_train_memory_runs_every_cell_from_both_trees_and_compares_the_models(tm
     res = tm.main(["--base", str(base), "--out", str(tmp_path)])
     trees = (base, tm.REPO)
     assert ran == [(c, t, None) for c in ("lsq", "vvtq") for t in trees] + \
-        [x for t in trees for x in (("percentile", t, True), ("lsq", t, True))] + [("qdrop", t, False) for t in trees]
+        [x for t in trees for x in (("percentile", t, True), ("lsq", t, True))] + \
+        [(m, t, False) for m in ("qdrop", "ptq4vit") for t in trees]
     assert res["ratios"]["lsq"] == {"peak_rss": 0.5, "cpu": 1.0, "same_state": True}
     text = (tmp_path / "train_memory.md").read_text()
     assert "| ptq_init | 0.50 | 1.00 | True |" in text and "| qdrop | 1.00 | 0.75 | False |" in text
+    assert "| ptq4vit | PTQ W4A4, official, 112 images |" in text
     ran.clear()
     res = tm.main(["--base", str(base), "--out", str(tmp_path), "--cells", "qdrop"])  # the others are kept
-    assert [c for c, *_ in ran] == ["qdrop", "qdrop"] and list(res["ratios"]) == ["lsq", "vvtq", "ptq_init", "qdrop"]
+    assert [c for c, *_ in ran] == ["qdrop", "qdrop"]
+    assert list(res["ratios"]) == ["lsq", "vvtq", "ptq_init", "qdrop", "ptq4vit"]

@@ -28,12 +28,13 @@ from torch import nn
 from vitquant.engines.reconstruction import ReconHook
 from vitquant.errors import UserError
 from vitquant.nn.site import iter_sites
+from vitquant.quant.select import select
 
 
 def mix(fp: torch.Tensor, quantized: torch.Tensor, p: float, generator: torch.Generator) -> torch.Tensor:
     """Element-wise ``fp`` with probability ``p``, else ``quantized``."""
     u = torch.rand(fp.shape, generator=generator, device=fp.device, dtype=fp.dtype)
-    return torch.where(u < p, fp, quantized)
+    return select(u < p, fp, quantized)
 
 
 class DropQuantizer(nn.Module):

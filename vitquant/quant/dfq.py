@@ -29,6 +29,7 @@ from torch import nn
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
+from vitquant.quant.select import keep
 from vitquant.quant.stats import Observation, least_error, quantiles_rows
 from vitquant.quant.ste import round_ste
 
@@ -57,7 +58,7 @@ class DynamicFocusingQuantizer(Quantizer):
         step = ((upper - lower) / steps).clamp_min(1e-12)
         x_hat = lower + step * torch.clamp(round_ste((x - lower) / step), 0, steps)
         if self.zero_level:
-            x_hat = torch.where(x.detach() < lower / 2, torch.zeros_like(x_hat), x_hat)
+            x_hat = keep((x.detach() < lower / 2).logical_not_(), x_hat)
         return x_hat
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:

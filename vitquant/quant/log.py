@@ -18,6 +18,7 @@ import torch
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
+from vitquant.quant.select import keep
 from vitquant.quant.stats import Observation, least_error, quantiles_rows
 from vitquant.quant.ste import round_ste
 
@@ -40,7 +41,7 @@ class LogQuantizer(Quantizer):
         k, levels = self.levels_per_octave, 2 ** self.bits
         code = round_ste(-k * torch.log2(x.clamp_min(torch.finfo(x.dtype).tiny) / scale))
         x_hat = scale * torch.pow(2.0, -torch.clamp(code, 0, levels - 1) / k)
-        return torch.where(code.detach() >= levels, torch.zeros_like(x_hat), x_hat)
+        return keep((code.detach() >= levels).logical_not_(), x_hat)
 
     def quantize(self, x: torch.Tensor) -> torch.Tensor:
         return self.fake_quant(x, self.expand(self.scale, x))

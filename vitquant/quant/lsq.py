@@ -37,6 +37,7 @@ from torch import nn
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
+from vitquant.quant.select import keep
 from vitquant.quant.stats import Observation
 from vitquant.quant.ste import grad_scale
 
@@ -73,7 +74,7 @@ class LSQSTE(torch.autograd.Function):
         qmin, qmax = ctx.bounds
         need_x, need_scale, need_offset = ctx.needs_input_grad[:3]
         v = torch.sub(x.float(), offset).div_(scale)
-        grad_v = torch.where((v > qmin).logical_and_(v < qmax), grad * scale, 0.0)
+        grad_v = keep((v > qmin).logical_and_(v < qmax), grad * scale)
         grad_x = grad_v / scale if need_x or need_offset else None
         grad_scale = grad_offset = None
         if need_scale:

@@ -32,6 +32,7 @@ import torch
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
+from vitquant.quant.select import select
 from vitquant.quant.stats import Observation, least_error
 from vitquant.quant.ste import round_ste
 
@@ -58,8 +59,8 @@ class TwoRegionQuantizer(Quantizer):
         """(code, step, flag): straight-through rounded codes, the step of each element, the flags."""
         flag, s1, range1, s2, range2 = self.regions(x, *params)
         fine, coarse = torch.clamp(round_ste(x / s1), *range1), torch.clamp(round_ste(x / s2), *range2)
-        code = torch.where(flag, coarse, fine)
-        return code, torch.where(flag, s2, s1), flag
+        code = select(flag, coarse, fine)
+        return code, select(flag, s2.expand(flag.shape), s1.expand(flag.shape)), flag
 
     def fake_quant(self, x: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         code, step, _ = self.codes(x, *params)

@@ -27,6 +27,7 @@ import torch
 
 from vitquant.errors import UserError
 from vitquant.quant.base import Quantizer
+from vitquant.quant.select import keep
 from vitquant.quant.stats import Observation, least_error, quantiles_rows
 from vitquant.quant.ste import needs_grad, round_ste
 
@@ -116,7 +117,7 @@ class LearnedStepSTE(torch.autograd.Function):
         qmin, qmax = ctx.bounds
         steps = x / scale
         codes = torch.round(steps).add_(zero)
-        grad_codes = torch.where((codes > qmin).logical_and_(codes < qmax), grad * scale, 0.0)
+        grad_codes = keep((codes > qmin).logical_and_(codes < qmax), grad * scale)
         grad_x = grad_codes / scale if ctx.needs_input_grad[0] else None
         grad_scale = None
         if ctx.needs_input_grad[1]:
