@@ -6,11 +6,12 @@ every other element: on one core of an Intel Xeon, ``where`` of 4.8 M float32 un
 takes ~4× as long as under an all-true mask, and ~8× a multiply of the same size. Selecting the bits
 instead has no branch and gives the same values, NaN, ±0 and ±inf included::
 
-    where(m, a, b) = b ⊕ ((a ⊕ b) ∧ M)        where(m, a, 0) = a ∧ M        M = −int(m)
+    where(m, a, b) = b ⊕ ((a ⊕ b)·m)        where(m, a, 0) = a·m
 
-on the integer view of the floats (M is all ones where ``m``, zero elsewhere). The gradients are
-``where``'s, in the same form: ∂/∂a = g ∧ M, ∂/∂b = g ∧ ¬M = g ⊕ (g ∧ M). Like ``where``, the
-backward keeps only the bool mask (1 byte an element) and rebuilds M from it.
+on the integer view of the floats, with m as 0 or 1 (an integer times 1 keeps all its bits, times 0
+clears them; the bool mask is read as it is, with no integer copy of it). The gradients are
+``where``'s, in the same form: ∂/∂a = g·m, ∂/∂b = g ⊕ (g·m). Like ``where``, the backward keeps
+only the bool mask, 1 byte an element.
 
 Elsewhere (CUDA, where ``where`` has no such cost; operands that broadcast or differ in dtype) both
 functions are ``torch.where`` itself.
@@ -33,39 +34,34 @@ def bits(x: torch.Tensor) -> torch.Tensor:
     return x.view(BIT_VIEW[x.element_size()])
 
 
-def bit_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """M = −int(mask): all bits set where ``mask``, in the integer view of ``like``."""
-    return mask.to(BIT_VIEW[like.element_size()]).neg_()
-
-
 class _Keep(torch.autograd.Function):
-    """where(mask, x, 0) as x ∧ M; its gradient g ∧ M."""
+    """where(mask, x, 0) as x·m on the bits; its gradient g·m."""
 
     @staticmethod
     def forward(ctx, mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(mask)
-        return bits(x).bitwise_and(bit_mask(mask, x)).view(x.dtype)
+        return bits(x).mul(mask).view(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (mask,) = ctx.saved_tensors
-        return None, bits(grad).bitwise_and(bit_mask(mask, grad)).view(grad.dtype)
+        return None, bits(grad).mul(mask).view(grad.dtype)
 
 
 class _Select(torch.autograd.Function):
-    """where(mask, a, b) as b ⊕ ((a ⊕ b) ∧ M); its gradients g ∧ M and g ⊕ (g ∧ M)."""
+    """where(mask, a, b) as b ⊕ ((a ⊕ b)·m) on the bits; its gradients g·m and g ⊕ (g·m)."""
 
     @staticmethod
     def forward(ctx, mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(mask)
         b_bits = bits(b)
-        return bits(a).bitwise_xor(b_bits).bitwise_and_(bit_mask(mask, a)).bitwise_xor_(b_bits).view(a.dtype)
+        return bits(a).bitwise_xor(b_bits).mul_(mask).bitwise_xor_(b_bits).view(a.dtype)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (mask,) = ctx.saved_tensors
         g = bits(grad)
-        to_a = g.bitwise_and(bit_mask(mask, grad))
+        to_a = g.mul(mask)
         to_b = g.bitwise_xor(to_a).view(grad.dtype) if ctx.needs_input_grad[2] else None
         return None, to_a.view(grad.dtype) if ctx.needs_input_grad[1] else None, to_b
 
