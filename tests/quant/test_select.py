@@ -70,3 +70,10 @@ def test_broadcast_and_mixed_dtypes_fall_back_to_where() -> None:
     assert torch.equal(select(mask, a, b), torch.where(mask, a, b))
     assert torch.equal(keep(mask, a), torch.where(mask, a, 0.0))
     assert torch.equal(select(mask[:, :1].expand(2, 3), a, b.double()), torch.where(mask, a, b.double()))
+
+
+@pytest.mark.filterwarnings("ignore:where received a uint8 condition")
+def test_a_mask_that_is_not_bool_goes_to_where() -> None:
+    """A uint8 mask of 0/2 would double the bits under the multiply; ``where`` reads it as nonzero."""
+    mask, a, b = operands(torch.float32)
+    assert same_bits(select(mask.to(torch.uint8) * 2, a, b), torch.where(mask, a, b))

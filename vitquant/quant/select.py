@@ -24,13 +24,15 @@ BIT_VIEW = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # a float dtype's i
 
 
 def branch_free(mask: torch.Tensor, *xs: torch.Tensor) -> bool:
-    """Whether the bit form applies: CPU floats of one dtype and the mask's shape (no broadcast)."""
+    """Whether the bit form applies: a bool mask and CPU floats of one dtype and the mask's shape (no
+    broadcast). Any other mask goes to ``where``, which reads it as nonzero = true."""
     first = xs[0]
-    return (first.device.type == "cpu" and first.is_floating_point() and first.element_size() in BIT_VIEW
-            and all(x.dtype == first.dtype and x.shape == mask.shape for x in xs))
+    return (mask.dtype == torch.bool and first.device.type == "cpu" and first.is_floating_point()
+            and first.element_size() in BIT_VIEW and all(x.dtype == first.dtype and x.shape == mask.shape for x in xs))
 
 
 def bits(x: torch.Tensor) -> torch.Tensor:
+    """The integer view of a float tensor (same storage, same bits)."""
     return x.view(BIT_VIEW[x.element_size()])
 
 
