@@ -20,6 +20,7 @@ transform):
 
     git worktree add --detach /tmp/recon_base <commit before the change>
     python -m bench.recon_speed --base /tmp/recon_base     # -> bench/results/recon_speed.json, .md
+    python -m bench.recon_speed --base /tmp/recon_base --one-at-a-time   # -> recon_speed_alone.json, .md
 """
 from __future__ import annotations
 
@@ -219,20 +220,31 @@ def child_whole(args) -> dict:
 
 
 # ----------------------------------------------------------------------------- parent
-def run_children(jobs: list[tuple[Path, list[str]]]) -> list[dict]:
-    """Run the children concurrently (baseline and new side by side share the machine's load alike);
-    each reports its own process CPU time."""
+def run_children(jobs: list[tuple[Path, list[str]]], one_at_a_time: bool = False) -> list[dict]:
+    """Run the children; each reports its own process CPU time.
+
+    Side by side (the default), baseline and new share the machine's load alike, but also its last-level
+    cache and memory bandwidth: the element-wise passes over 30–40 MB activations that dominate a
+    quantized step run measurably slower beside another such process. ``one_at_a_time`` starts each
+    child when the one before has finished, so each has the machine to itself: the CPU time of a run on
+    one core of an otherwise idle machine."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "VITQUANT_SHARED": str(SHARED)}
-    procs = [subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv], cwd=tree,
-                              env={**env, "PYTHONPATH": str(tree)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for tree, argv in jobs]
-    results = []
-    for (tree, argv), proc in zip(jobs, procs):
+
+    def start(tree: Path, argv: list[str]) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(Path(__file__).resolve()), *argv], cwd=tree,
+                                env={**env, "PYTHONPATH": str(tree)}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def collect(tree: Path, argv: list[str], proc: subprocess.Popen) -> dict:
         out, err = proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"{argv} in {tree} failed:\n{err[-3000:]}")
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    return results
+        return json.loads(out.strip().splitlines()[-1])
+
+    if one_at_a_time:
+        return [collect(tree, argv, start(tree, argv)) for tree, argv in jobs]
+    procs = [start(tree, argv) for tree, argv in jobs]
+    return [collect(tree, argv, proc) for (tree, argv), proc in zip(jobs, procs)]
 
 
 def extrapolate(whole: list[dict], iteration: dict, target: int, blocks: int = 12) -> dict[str, float]:
@@ -274,6 +286,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--iteration-from", type=Path,
                         help="take the per-iteration results from this JSON ({tree: result}) instead of measuring")
     parser.add_argument("--memory-iters", type=int, default=5, help="memory check: this many, then 4× as many")
+    parser.add_argument("--one-at-a-time", action="store_true",
+                        help="run the children one after another, each alone on the machine (default: side by side)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if args.child == "iteration":
@@ -292,13 +306,15 @@ def main(argv: list[str] | None = None) -> dict:
     cpu, isa = cpu_name_and_kernel_isa()
     res: dict = {"base_commit": git_head(trees["base"]), "commit": git_head(REPO), "block": args.block,
                  "cpu": cpu, "cpu_isa": isa,
-                 "batch": args.batch, "target_iters": args.target_iters, "iteration": {}, "whole": []}
+                 "batch": args.batch, "target_iters": args.target_iters, "one_at_a_time": args.one_at_a_time,
+                 "iteration": {}, "whole": []}
     memory_argv = ["--child", "memory", "--block", str(args.block), "--batch", str(args.batch),
                    "--iters", str(args.memory_iters)]
     jobs = [(name, iters) for iters in args.whole_iters for name in trees]
     rows = run_children([(trees[name], memory_argv) for name in trees]
                         + [(trees[name], ["--child", "whole", "--images", str(args.images), "--iters", str(iters),
-                                          "--eval-images", str(args.eval_images)]) for name, iters in jobs])
+                                          "--eval-images", str(args.eval_images)]) for name, iters in jobs],
+                        args.one_at_a_time)
     res["memory"] = dict(zip(trees, rows[: len(trees)]))
     for (name, _), row in zip(jobs, rows[len(trees):]):
         res["whole"].append({"tree": name, **row})
@@ -308,13 +324,14 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         argv = ["--child", "iteration", "--block", str(args.block), "--batch", str(args.batch),
                 "--iters", str(args.iters), "--repeats", str(args.repeats)]
-        for name, row in zip(trees, run_children([(tree, argv) for tree in trees.values()])):
+        for name, row in zip(trees, run_children([(tree, argv) for tree in trees.values()], args.one_at_a_time)):
             res["iteration"][name] = row
             print(name, row, flush=True)
     res["whole_estimate"] = extrapolate(res["whole"], res["iteration"], args.target_iters)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recon_speed.json").write_text(json.dumps(res, indent=1) + "\n")
-    (args.out / "recon_speed.md").write_text(markdown(res))
+    stem = "recon_speed_alone" if args.one_at_a_time else "recon_speed"  # the two ways of sharing the machine
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (args.out / f"{stem}.md").write_text(markdown(res))
     return res
 
 
@@ -325,7 +342,11 @@ def markdown(res: dict) -> str:
              f"({', '.join(res.get('cpu_isa', [])) or 'ISA flags not recorded'}).",
              "",
              f"Baseline `{res['base_commit']}`, this tree `{res['commit']}`. Ratios are against the same block's "
-             "float forward + backward on the same batch, measured in the same process.", ""]
+             "float forward + backward on the same batch, measured in the same process. "
+             + ("Each measurement ran alone on the machine, one process after another (`--one-at-a-time`)."
+                if res.get("one_at_a_time") else
+                "Baseline and new ran side by side, one process each, sharing the machine's cache and memory "
+                "bandwidth."), ""]
     if res["iteration"]:
         lines += ["| tree | stage | float fwd+bwd s | quantized fwd+bwd s | ratio | engine s/iteration | ratio |",
                   "|---|---|---|---|---|---|---|"]

@@ -1,10 +1,11 @@
-"""bench.recon_speed: the whole-run CPU time is extrapolated only when no run reached the target, and the
-table names the CPU it ran on."""
+"""bench.recon_speed: the whole-run CPU time is extrapolated only when no run reached the target, the
+table names the CPU it ran on and whether the children ran side by side or one at a time."""
 from __future__ import annotations
 
 import pytest
 
-from bench.recon_speed import extrapolate, markdown
+import bench.recon_speed as recon_speed
+from bench.recon_speed import extrapolate, markdown, run_children
 
 STAGE = {"float_s": 0.5, "quant_fwd_bwd_s": 0.7, "quant_ratio": 1.4, "engine_iter_s": 0.6, "engine_ratio": 1.2}
 
@@ -35,3 +36,33 @@ def test_table_says_measured_when_a_run_reached_the_target_and_extrapolated_othe
     res = result([whole("base", 2, 120.0)], target=100)
     res["whole_estimate"] = extrapolate(res["whole"], res["iteration"], 100)
     assert "extrapolated to 100 iterations" in markdown(res)
+
+
+def test_table_says_how_the_children_shared_the_machine():
+    assert "side by side" in markdown(result([whole("base", 100, 1800.0)], target=100))
+    alone = result([whole("base", 100, 1800.0)], target=100)
+    alone["one_at_a_time"] = True
+    assert "alone on the machine" in markdown(alone) and "side by side" not in markdown(alone)
+
+
+class FakeChild:
+    """A child process that reports how many children were alive while it ran."""
+    alive = 0
+    most = 0
+
+    def __init__(self, cmd, **_) -> None:
+        FakeChild.alive += 1
+        FakeChild.most = max(FakeChild.most, FakeChild.alive)
+        self.returncode = 0
+
+    def communicate(self):
+        FakeChild.alive -= 1
+        return '{"ok": 1}\n', ""
+
+
+@pytest.mark.parametrize("one_at_a_time, most", [(False, 3), (True, 1)])
+def test_children_run_side_by_side_or_one_at_a_time(monkeypatch, tmp_path, one_at_a_time, most):
+    monkeypatch.setattr(recon_speed.subprocess, "Popen", FakeChild)
+    FakeChild.alive = FakeChild.most = 0
+    rows = run_children([(tmp_path, ["--child", "whole"])] * 3, one_at_a_time)
+    assert rows == [{"ok": 1}] * 3 and FakeChild.most == most

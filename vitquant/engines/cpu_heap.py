@@ -6,8 +6,10 @@ trims the heap top back to the kernel, so every step page-faults its working set
 ViT-T at batch 64 that was ~100k minor faults and a fifth of the step's CPU time (system time
 plus zeroing pages). Inside ``reuse_heap`` the heap grows in large steps (``M_TOP_PAD``) and is
 never trimmed (``M_TRIM_THRESHOLD``): a large block that fits in the heap top is carved from it
-instead of mapped, so after the first step the working set stays mapped. (``M_MMAP_THRESHOLD`` is
-left alone: setting it would switch off glibc's dynamic threshold for good.) Peak memory is
+instead of mapped, so after the first step the working set stays mapped. Setting either option also
+freezes glibc's dynamic mmap threshold where it had risen to, for the rest of the process (mallopt(3):
+setting M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD or M_MMAP_MAX disables the adjustment); blocks
+above it that fit no free chunk are still mapped for each use. Peak memory is
 unchanged (the same tensors are alive at the same time); afterwards the defaults come back and
 ``malloc_trim`` returns the free heap to the kernel. Elsewhere (other C libraries, CUDA, whose
 caching allocator already reuses memory) it does nothing.
