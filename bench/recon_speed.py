@@ -38,8 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 SHARED = Path(os.environ.get("VITQUANT_SHARED", REPO.parent / "shared")).resolve()
-MODEL = ["model=vit_small", "model.arch=vit_tiny_patch16_224.augreg_in21k_ft_in1k",
-         f"model.checkpoint={SHARED / 'models' / 'vit_tiny_augreg_in1k.safetensors'}"]
+WEIGHTS = SHARED / "models" / "vit_tiny_augreg_in1k.safetensors"
+MODEL = ["model=vit_small", "model.arch=vit_tiny_patch16_224.augreg_in21k_ft_in1k", f"model.checkpoint={WEIGHTS}"]
 
 
 # ----------------------------------------------------------------------------- children (any tree)
@@ -299,9 +299,16 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child == "whole":
         print(json.dumps({**child_whole(args), "process_cpu_s": time.process_time()}))
         return {}
-    if args.base is None:
-        parser.error("--base is required")
-    from bench.machine import cpu_name_and_kernel_isa  # the parent's own; a child's tree (the baseline) may predate it
+    # the parent's own imports; a child's tree (the baseline) may predate them
+    from bench.machine import cpu_name_and_kernel_isa
+    from vitquant.cli import fail
+    from vitquant.io.atomic import write_json, write_text
+    if args.base is None or not (args.base / "vitquant").is_dir():
+        fail(f"--base {args.base} holds no vitquant package; pass a worktree of the baseline commit "
+             "(git worktree add --detach <dir> <commit>)")
+    for needed in (WEIGHTS, SHARED / "data" / "cifar10"):
+        if not needed.exists():
+            fail(f"{needed} not found; set VITQUANT_SHARED to the folder holding models/ and data/")
     trees = {"base": args.base.resolve(), "new": REPO}
     cpu, isa = cpu_name_and_kernel_isa()
     res: dict = {"base_commit": git_head(trees["base"]), "commit": git_head(REPO), "block": args.block,
@@ -330,8 +337,8 @@ def main(argv: list[str] | None = None) -> dict:
     res["whole_estimate"] = extrapolate(res["whole"], res["iteration"], args.target_iters)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "recon_speed_alone" if args.one_at_a_time else "recon_speed"  # the two ways of sharing the machine
-    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
-    (args.out / f"{stem}.md").write_text(markdown(res))
+    write_json(args.out / f"{stem}.json", res)
+    write_text(args.out / f"{stem}.md", markdown(res))
     return res
 
 

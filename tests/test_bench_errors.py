@@ -43,3 +43,17 @@ def test_train_memory_with_no_epochs_names_the_value(tmp_path):
     one_error_line(run("bench.train_memory", "--base", str(tmp_path), "--epochs", "0", "--out", str(tmp_path),
                        tmp_path=tmp_path), "--epochs 0", "at least one epoch")
     assert not any(tmp_path.glob("*.json"))
+
+
+def test_recon_speed_without_a_baseline_tree_says_how_to_make_one(tmp_path):
+    for base in ([], ["--base", str(tmp_path / "nowhere")]):
+        one_error_line(run("bench.recon_speed", *base, "--one-at-a-time", "--out", str(tmp_path), tmp_path=tmp_path),
+                       "--base", "git worktree add")
+    assert not any(tmp_path.glob("recon_speed*"))
+
+
+def test_recon_speed_without_the_shared_model_says_what_to_set(tmp_path):
+    (tmp_path / "base" / "vitquant").mkdir(parents=True)
+    proc = run("bench.recon_speed", "--base", str(tmp_path / "base"), "--out", str(tmp_path), tmp_path=tmp_path)
+    one_error_line(proc, "vit_tiny_augreg_in1k.safetensors", "VITQUANT_SHARED")
+    assert not any(tmp_path.glob("recon_speed*"))
